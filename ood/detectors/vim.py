@@ -1,0 +1,95 @@
+"""ViM and its residual relatives (Wang et al., CVPR 2022, "ViM: Out-Of-Distribution with Virtual-logit Matching").
+
+u = -pinv(W) b is the origin; the principal space is spanned by the ``dim`` leading eigenvectors of the
+covariance of (train - u) taken as centred, (X-u)^T (X-u) / N; the residual r(h) = ||(h - u) NS|| is the norm of
+the projection on the remaining eigenvectors NS. ``dim=None`` picks the ViM default from the feature width D:
+1000 if D >= 2048, 512 if D >= 768, else D // 2 (the ViM repository's rule; the GEN copy drops the last case,
+which would leave no residual space for D <= 512).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import stats
+from ..split import Split
+from .base import Detector, register
+from .logits import energy, gen
+
+
+def default_dim(D: int) -> int:
+    return 1000 if D >= 2048 else 512 if D >= 768 else D // 2
+
+
+def null_space(train: Split, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(u, NS): the ViM origin and the residual eigenvectors [D, D - dim], memoised on the train split."""
+    def compute():
+        W = train.head.weight.astype(np.float64)
+        u = -np.linalg.pinv(W) @ train.head.bias.astype(np.float64)
+        eig = train.memo("vim_eig", lambda: stats.eigh_desc(stats.scatter_about(train, u) / train.n))
+        return u, np.ascontiguousarray(eig[1][:, dim:])
+    if not 0 <= dim < train.dim:
+        raise ValueError(f"vim dim must be in [0, {train.dim}) for features of width {train.dim}, got {dim}")
+    return train.memo(("vim_null_space", dim), compute)
+
+
+def residual_norm(split: Split, u: np.ndarray, NS: np.ndarray) -> np.ndarray:
+    """||(h - u) NS|| for every row of ``split``, memoised per residual space."""
+    def compute():
+        u_t, ns_t = split.tensor(u), split.tensor(NS)
+        return split.map_blocks(lambda lo, hi, h: torch.linalg.vector_norm((h - u_t) @ ns_t, dim=1),
+                                dtype=np.float64)
+    return split.memo(("vim_residual", NS.shape[1]), compute)
+
+
+class _ResidualSpace(Detector):
+    def __init__(self, dim: Optional[int] = None):
+        self.dim = dim
+
+    def fit(self, train):
+        self.dim_ = default_dim(train.dim) if self.dim is None else int(self.dim)
+        self.u_, self.NS_ = null_space(train, self.dim_)
+        return self
+
+    def residual(self, split):
+        return residual_norm(split, self.u_, self.NS_)
+
+
+@register("vim")
+class ViM(_ResidualSpace):
+    """logsumexp(z) - alpha r(h), alpha = mean train max logit / mean train r (Wang et al. 2022)."""
+
+    def fit(self, train):
+        super().fit(train)
+        max_logit = train.memo("max_logit", lambda: train.logits.max(axis=1).astype(np.float64))
+        self.alpha_ = max_logit.mean() / self.residual(train).mean()
+        return self
+
+    def score(self, split):
+        e = split.map_blocks(lambda lo, hi, z: energy(z), source="logits", dtype=np.float64)
+        return e - self.alpha_ * self.residual(split)
+
+
+@register("residual")
+class Residual(_ResidualSpace):
+    """-r(h): the norm of the feature outside the principal space (Wang et al. 2022)."""
+
+    def score(self, split):
+        return -self.residual(split)
+
+
+@register("gen_residual")
+class GENResidual(_ResidualSpace):
+    """r(h) * GEN(h), the product as the GEN repository writes it (GEN <= 0, so a larger r lowers the score)."""
+
+    def __init__(self, dim: Optional[int] = None, gamma: float = 0.1, M: int = 100):
+        super().__init__(dim)
+        self.gamma, self.M = gamma, M
+
+    def score(self, split):
+        p = split.softmax()
+        g = split.map_blocks(lambda lo, hi, _: gen(split.tensor(p[lo:hi]), self.gamma, self.M),
+                             source="logits", dtype=np.float64)
+        return self.residual(split) * g

@@ -1,0 +1,177 @@
+"""A split ready for scoring: features, logits, labels and the head on one torch device, plus a memo.
+
+Every detector reads its inputs through a :class:`Split`, so what several detectors need (logits, softmax,
+clipped logits, train statistics) is computed once per benchmark run and shared through :meth:`Split.memo`.
+Heavy work walks the rows in blocks (:meth:`Split.blocks`), so temporaries stay a block in size.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .features import FeatureFile, FeatureFileError, Head
+
+BLOCK_ELEMENTS = 1 << 23  # about 32 MB of float32 per block-sized temporary
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+class Split:
+    """Features [N, D], logits [N, C], labels [N] and the head (W, b) of one data split.
+
+    ``features`` are read from the file on first use and checked for NaN/Inf; ``logits`` come from the file
+    when it has them, else from the head. ``memo(key, fn)`` caches anything derived from this split.
+    """
+
+    def __init__(self, name: str, source: FeatureFile, head: Head, device: torch.device = torch.device("cpu"),
+                 labels: Optional[np.ndarray] = None):
+        self.name = name
+        self.source = source
+        self.head = head
+        self.device = device
+        if source.dim != head.dim:
+            raise FeatureFileError(f"{source.path}: feature width {source.dim} does not match the head's "
+                                   f"input width {head.dim}")
+        if source.num_classes is not None and source.num_classes != head.num_classes:
+            raise FeatureFileError(f"{source.path}: {source.num_classes} logits per row, the head has "
+                                   f"{head.num_classes} classes")
+        self._labels = labels
+        self._memo: dict = {}
+
+    @classmethod
+    def from_arrays(cls, name, features, head: Head, logits=None, labels=None, device="cpu") -> "Split":
+        """A split from in-memory arrays (tests, tuning subsets)."""
+        src = _ArraySource(name, np.ascontiguousarray(features, dtype=np.float32), logits, labels)
+        return cls(name, src, head, torch.device(device), None if labels is None else np.asarray(labels))
+
+    # ------------------------------------------------------------------ data
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+    @property
+    def n(self) -> int:
+        return self.source.n
+
+    @property
+    def dim(self) -> int:
+        return self.source.dim
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    @property
+    def features(self) -> np.ndarray:
+        def load():
+            x = np.ascontiguousarray(self.source.read("features"), dtype=np.float32)
+            bad = ~np.isfinite(x).all(axis=1)
+            if bad.any():
+                raise FeatureFileError(f"{self.path}: {int(bad.sum())} rows of features contain NaN or Inf "
+                                       f"(first at row {int(np.argmax(bad))})")
+            return x
+        return self.memo("features", load)
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            self._labels = self.source.labels()
+        return self._labels
+
+    @labels.setter
+    def labels(self, value: np.ndarray):
+        self._labels = np.asarray(value, dtype=np.int64)
+
+    @property
+    def logits(self) -> np.ndarray:
+        def compute():
+            if self.source.has("logits"):
+                z = np.ascontiguousarray(self.source.read("logits"), dtype=np.float32)
+                if not np.isfinite(z).all():
+                    raise FeatureFileError(f"{self.path}: logits contain NaN or Inf")
+                return z
+            return self.map_blocks(lambda lo, hi, h: self.apply_head(h))
+        return self.memo("logits", compute)
+
+    def softmax(self) -> np.ndarray:
+        return self.memo("softmax", lambda: self.map_blocks(lambda lo, hi, z: torch.softmax(z, dim=1),
+                                                            source="logits"))
+
+    # ------------------------------------------------------------------ compute helpers
+    def memo(self, key, fn: Callable):
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    def tensor(self, a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+        return torch.as_tensor(a).to(self.device, dtype=dtype, non_blocking=True)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.memo("head_weight", lambda: self.tensor(self.head.weight))
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.memo("head_bias", lambda: self.tensor(self.head.bias))
+
+    def apply_head(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, h, self.weight.T)
+
+    def block_rows(self, width: Optional[int] = None) -> int:
+        width = width or max(self.dim, self.num_classes)
+        return max(256, BLOCK_ELEMENTS // max(1, width))
+
+    def blocks(self, source: str = "features", rows: Optional[int] = None
+               ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(lo, hi, tensor on device) over the rows of ``features`` or ``logits``."""
+        arr = self.features if source == "features" else self.logits
+        rows = rows or self.block_rows()
+        for lo in range(0, self.n, rows):
+            hi = min(self.n, lo + rows)
+            yield lo, hi, self.tensor(arr[lo:hi])
+
+    def map_blocks(self, fn: Callable[[int, int, torch.Tensor], torch.Tensor], source: str = "features",
+                   dtype=np.float32, rows: Optional[int] = None) -> np.ndarray:
+        """Apply ``fn(lo, hi, block)`` to every block and stack the results into one array."""
+        out = None
+        for lo, hi, x in self.blocks(source, rows):
+            y = fn(lo, hi, x).detach().to("cpu").numpy()
+            if out is None:
+                out = np.empty((self.n,) + y.shape[1:], dtype=dtype)
+            out[lo:hi] = y
+        if out is None:
+            raise FeatureFileError(f"{self.path}: has no rows")
+        return out
+
+
+class _ArraySource:
+    """In-memory stand-in for a FeatureFile."""
+
+    def __init__(self, name, features, logits=None, labels=None):
+        self.path = Path(name)
+        self._arrays = {"features": features}
+        if logits is not None:
+            self._arrays["logits"] = np.asarray(logits, dtype=np.float32)
+        self._labels = labels
+        self.n, self.dim = features.shape
+        self.num_classes = None if logits is None else self._arrays["logits"].shape[1]
+
+    def has(self, name):
+        return name in self._arrays
+
+    def read(self, name, start=0, stop=None):
+        return self._arrays[name][start:stop]
+
+    def labels(self):
+        if self._labels is None:
+            return np.full(self.n, -1, np.int64)
+        return np.asarray(self._labels, dtype=np.int64)

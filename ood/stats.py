@@ -1,0 +1,102 @@
+"""Statistics of the train split that several detectors share, computed once per run (memoised on the split).
+
+- ``quantile``: numpy's linear-interpolation quantile over all elements, found exactly by bracketing from a
+  sample and selecting inside the bracket, so no full sorted copy of the train features is ever made.
+- ``moments``: mean and the Gram of the mean-centred features (one blocked pass, float32 products summed in
+  float64); any other centring (ViM's u, class means) follows from it algebraically.
+- ``class_stats``: per-class counts and means; ``within_class_scatter`` for Mahalanobis.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .split import Split
+
+_CHUNK = 1 << 24
+
+
+def quantile(x: np.ndarray, q: float) -> float:
+    """Exactly ``np.quantile(x, q)`` (linear interpolation, in x's dtype) without sorting all of x."""
+    flat = x.reshape(-1)
+    n = flat.size
+    if n == 0:
+        raise ValueError("quantile of an empty array")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    if n <= _CHUNK:
+        return float(np.quantile(flat, q))
+    pos = q * (n - 1)
+    k = int(np.floor(pos))
+    k2 = min(k + 1, n - 1)
+    sample = np.sort(flat[np.random.default_rng(0).integers(0, n, 1 << 20)])
+    for margin in (8.0, 64.0, 512.0):
+        delta = margin / np.sqrt(sample.size)
+        lo = sample[max(0, int((q - delta) * (sample.size - 1)))]
+        hi = sample[min(sample.size - 1, int(np.ceil((q + delta) * (sample.size - 1))))]
+        if q - delta <= 0:
+            lo = -np.inf
+        if q + delta >= 1:
+            hi = np.inf
+        below, inside = 0, []
+        for s in range(0, n, _CHUNK):
+            c = flat[s:s + _CHUNK]
+            below += int(np.count_nonzero(c < lo))
+            inside.append(c[(c >= lo) & (c <= hi)])
+        inside = np.concatenate(inside)
+        if below <= k and k2 < below + inside.size:
+            kth = np.partition(inside, [k - below, k2 - below])
+            a, b = kth[k - below], kth[k2 - below]
+            return float(np.quantile(np.array([a, b], dtype=flat.dtype), pos - k))
+    return float(np.quantile(flat, q))
+
+
+def moments(train: Split) -> dict:
+    """``n``, ``mean`` [D] (float64), ``sum_c`` = sum of (x - mean) [D] and ``gram`` = (X-mean)^T (X-mean)."""
+    def compute():
+        x = train.features
+        mean = x.mean(axis=0, dtype=np.float64)
+        m32 = train.tensor(mean)
+        gram = torch.zeros(train.dim, train.dim, dtype=torch.float64, device=train.device)
+        sum_c = torch.zeros(train.dim, dtype=torch.float64, device=train.device)
+        for _, _, h in train.blocks(rows=4096):
+            h = h - m32
+            gram += (h.T @ h).double()
+            sum_c += h.sum(0, dtype=torch.float64)
+        return {"n": train.n, "mean": mean, "sum_c": sum_c.cpu().numpy(), "gram": gram.cpu().numpy()}
+    return train.memo("moments", compute)
+
+
+def scatter_about(train: Split, center: np.ndarray) -> np.ndarray:
+    """(X - center)^T (X - center), float64, from the shared moments."""
+    m = moments(train)
+    d = m["mean"] - np.asarray(center, dtype=np.float64)
+    return m["gram"] + np.outer(m["sum_c"], d) + np.outer(d, m["sum_c"]) + m["n"] * np.outer(d, d)
+
+
+def class_stats(train: Split) -> dict:
+    """``classes`` present in the train labels, their ``counts`` and ``means`` [K, D] (float64)."""
+    def compute():
+        y = train.labels
+        classes, counts = np.unique(y, return_counts=True)
+        sums = torch.zeros(train.num_classes, train.dim, dtype=torch.float64, device=train.device)
+        yt = torch.as_tensor(y, device=train.device)
+        for lo, hi, h in train.blocks():
+            sums.index_add_(0, yt[lo:hi], h.double())
+        means = sums.cpu().numpy()[classes] / counts[:, None]
+        return {"classes": classes, "counts": counts, "means": means}
+    return train.memo("class_stats", compute)
+
+
+def within_class_scatter(train: Split) -> np.ndarray:
+    """Sum over samples of (x - mu_y)(x - mu_y)^T, float64, from the shared moments and class means."""
+    m = moments(train)
+    cs = class_stats(train)
+    b = cs["means"] - m["mean"]
+    return m["gram"] - (b * cs["counts"][:, None]).T @ b
+
+
+def eigh_desc(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (largest first) and eigenvectors (columns) of a symmetric matrix, float64."""
+    vals, vecs = np.linalg.eigh(np.asarray(matrix, dtype=np.float64))
+    return vals[::-1], vecs[:, ::-1]
