@@ -23,6 +23,11 @@ def gen(p: torch.Tensor, gamma: float = 0.1, M: int = 100) -> torch.Tensor:
     return -(top.pow(gamma) * (1 - top).pow(gamma)).sum(1)
 
 
+def gen_from_logits(z: torch.Tensor, gamma: float = 0.1, M: int = 100) -> torch.Tensor:
+    """GEN of softmax(z), with the softmax in float64: (1 - p)^gamma amplifies float32 rounding near p = 1."""
+    return gen(torch.softmax(z.double(), dim=1), gamma, M)
+
+
 def neg_entropy(p: torch.Tensor) -> torch.Tensor:
     """sum p log p, with 0 log 0 = 0 (the reference yields NaN there)."""
     return torch.special.xlogy(p, p).sum(1)
@@ -80,7 +85,7 @@ class GEN(Detector):
         self.gamma, self.M = gamma, M
 
     def score(self, split):
-        return _on_softmax(split, lambda p: gen(p, self.gamma, self.M))
+        return _on_logits(split, lambda z: gen_from_logits(z, self.gamma, self.M))
 
 
 @register("gradnorm")

@@ -13,7 +13,7 @@ import torch
 from .. import stats
 from ..split import Split
 from .base import Detector, register
-from .logits import energy, gen
+from .logits import energy, gen_from_logits
 
 
 def clipped_logits(split: Split, c: float) -> np.ndarray:
@@ -59,7 +59,7 @@ class GENReAct(ReAct):
         self.gamma, self.M = gamma, M
 
     def score(self, split):
-        return _score_clipped(split, self.clip_, lambda z: gen(torch.softmax(z, 1), self.gamma, self.M))
+        return _score_clipped(split, self.clip_, lambda z: gen_from_logits(z, self.gamma, self.M))
 
 
 @register("local_react")
@@ -83,4 +83,4 @@ class GENLocalReAct(LocalReAct):
 
     def score(self, split):
         c = local_clip(split, self.clip_quantile_local)
-        return _score_clipped(split, c, lambda z: gen(torch.softmax(z, 1), self.gamma, self.M))
+        return _score_clipped(split, c, lambda z: gen_from_logits(z, self.gamma, self.M))

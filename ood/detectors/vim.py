@@ -16,7 +16,7 @@ import torch
 from .. import stats
 from ..split import Split
 from .base import Detector, register
-from .logits import energy, gen
+from .logits import energy, gen_from_logits
 
 
 def default_dim(D: int) -> int:
@@ -89,7 +89,6 @@ class GENResidual(_ResidualSpace):
         self.gamma, self.M = gamma, M
 
     def score(self, split):
-        p = split.softmax()
-        g = split.map_blocks(lambda lo, hi, _: gen(split.tensor(p[lo:hi]), self.gamma, self.M),
-                             source="logits", dtype=np.float64)
+        g = split.map_blocks(lambda lo, hi, z: gen_from_logits(z, self.gamma, self.M), source="logits",
+                             dtype=np.float64)
         return self.residual(split) * g

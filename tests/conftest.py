@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from ood.features import Head
+from ood.split import Split
+
+
+def make_problem(seed=0, C=7, D=16, n_train=400, n_test=120, n_ood=90):
+    """Small random features with class structure: train (labelled), ID test, one OOD set, and a head."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(C, D)) * 2
+    W = rng.normal(size=(C, D)).astype(np.float32)
+    b = rng.normal(size=C).astype(np.float32)
+
+    def sample(n, labelled=True):
+        y = rng.integers(0, C, n)
+        x = np.abs(centers[y] + rng.normal(size=(n, D))) if labelled else np.abs(rng.normal(size=(n, D)) * 2.5)
+        return x.astype(np.float32), (y if labelled else np.full(n, -1))
+
+    head = Head(W, b)
+    xtr, ytr = sample(n_train)
+    xte, yte = sample(n_test)
+    xo, yo = sample(n_ood, labelled=False)
+    return {
+        "head": head,
+        "train": Split.from_arrays("train", xtr, head, labels=ytr),
+        "test": Split.from_arrays("id", xte, head, labels=yte),
+        "ood": Split.from_arrays("ood", xo, head, labels=yo),
+        "arrays": {"train": (xtr, ytr), "test": (xte, yte), "ood": (xo, yo)},
+    }
+
+
+@pytest.fixture
+def problem():
+    return make_problem()

@@ -1,0 +1,145 @@
+"""benchmark.py end to end on small random files: table, JSON, CSV, and one clear line for each bad input."""
+import csv
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ood.benchmark import main
+from ood.features import write_fc, write_features
+from tests.conftest import make_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def files(tmp_path):
+    p = make_problem(seed=5)
+    head = p["head"]
+    write_fc(tmp_path / "fc.h5", head.weight, head.bias)
+    for name, key in (("train", "train"), ("val", "test"), ("near", "ood")):
+        x, y = p["arrays"][key]
+        write_features(tmp_path / f"{name}.h5", x, labels=y)
+    x = np.random.default_rng(9).normal(size=(70, head.dim)).astype(np.float32) * 3
+    write_features(tmp_path / "far.h5", x)
+    return tmp_path, p
+
+
+def args(d, *extra):
+    return [str(d / "fc.h5"), str(d / "train.h5"), str(d / "val.h5"), str(d / "near.h5"), str(d / "far.h5"),
+            "--quiet", *extra]
+
+
+def test_cli_table_json_csv(files, capsys):
+    d, p = files
+    assert main(args(d, "--json", str(d / "r.json"), "--csv", str(d / "r.csv"))) == 0
+    out = capsys.readouterr().out
+    assert "ViM" in out and "ID accuracy" in out
+    recs = json.loads((d / "r.json").read_text())
+    assert len(recs) == 15 * 2
+    assert set(recs[0]) >= {"method", "dataset", "auroc", "fpr95", "aupr_in", "aupr_out"}
+    assert {r["dataset"] for r in recs} == {"near", "far"}
+    rows = list(csv.DictReader(open(d / "r.csv")))
+    assert len(rows) == len(recs) and rows[0]["method"] == recs[0]["method"]
+    # the energy record equals a direct computation from the arrays
+    W, b = p["head"].weight.astype(np.float64), p["head"].bias.astype(np.float64)
+    energy = lambda x: np.log(np.exp(x.astype(np.float64) @ W.T + b).sum(1))  # noqa: E731
+    rec = next(r for r in recs if r["method"] == "energy" and r["dataset"] == "near")
+    s_id, s_ood = energy(p["arrays"]["test"][0]), energy(p["arrays"]["ood"][0])
+    want = roc_auc_score(np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood])
+    assert rec["auroc"] == pytest.approx(want, abs=1e-9)
+    line = next(line for line in out.splitlines() if line.startswith("energy "))
+    assert f"{100 * rec['auroc']:.2f}" in line
+
+
+@pytest.mark.parametrize("fmt,marker", [("markdown", "|---|"), ("latex", r"\begin{tabular}")])
+def test_cli_formats(files, capsys, fmt, marker):
+    d, _ = files
+    assert main(args(d, "--methods", "msp,vim", "--format", fmt, "--fpr", "openood")) == 0
+    out = capsys.readouterr().out
+    assert marker in out and "OpenOOD" in out
+
+
+def test_cli_params_and_vim_flags_change_results(files, capsys):
+    d, _ = files
+    main(args(d, "--methods", "gen", "--json", str(d / "a.json")))
+    main(args(d, "--methods", "gen", "--gamma", "0.9", "--M", "2", "--json", str(d / "b.json")))
+    main(args(d, "--methods", "gen", "--param", "gen.gamma=0.9", "--param", "gen.M=2", "--json", str(d / "c.json")))
+    a, b, c = (json.loads((d / f"{k}.json").read_text()) for k in "abc")
+    assert a != b and b == c
+
+
+def test_cli_reads_vim_pickles(files, tmp_path, capsys):
+    d, p = files
+    with open(d / "fc.pkl", "wb") as f:
+        pickle.dump([p["head"].weight, p["head"].bias], f)
+    for name, key in (("train", "train"), ("val", "test"), ("ood", "ood")):
+        with open(d / f"{name}.pkl", "wb") as f:
+            pickle.dump(p["arrays"][key][0], f)
+    (d / "labels.txt").write_text("".join(f"img {y}\n" for y in p["arrays"]["train"][1]))
+    rc = main([str(d / "fc.pkl"), str(d / "train.pkl"), str(d / "val.pkl"), str(d / "ood.pkl"), "--quiet",
+               "--train_label", str(d / "labels.txt"), "--json", str(d / "p.json")])
+    assert rc == 0
+    main(args(d, "--json", str(d / "h.json")))
+    from_pkl = {r["method"]: r["auroc"] for r in json.loads((d / "p.json").read_text())}
+    from_h5 = {r["method"]: r["auroc"] for r in json.loads((d / "h.json").read_text()) if r["dataset"] == "near"}
+    assert from_pkl == pytest.approx(from_h5)
+
+
+def test_mahalanobis_is_skipped_without_train_labels(files, capsys):
+    d, p = files
+    write_features(d / "train.h5", p["arrays"]["train"][0])
+    assert main(args(d)) == 0
+    out = capsys.readouterr().out
+    assert "mahalanobis skipped" in out and "\nmahalanobis " not in out
+
+
+def expect_error(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_bad_inputs_give_one_line(files, capsys):
+    d, p = files
+    expect_error(capsys, args(d)[:4] + [str(d / "nope.h5")], "nope.h5", "no such file")
+    data = (d / "val.h5").read_bytes()
+    (d / "cut.h5").write_bytes(data[: len(data) // 2])
+    expect_error(capsys, args(d)[:2] + [str(d / "cut.h5")] + args(d)[3:], "cut.h5")
+    with h5py.File(d / "far.h5", "r+") as h5:
+        h5.attrs["complete"] = False
+    expect_error(capsys, args(d), "far.h5", "incomplete")
+    write_features(d / "far.h5", np.zeros((5, p["head"].dim + 1), np.float32))
+    expect_error(capsys, args(d), "far.h5", "width")
+    x = np.zeros((5, p["head"].dim), np.float32)
+    x[3, 2] = np.nan
+    write_features(d / "far.h5", x)
+    expect_error(capsys, args(d), "far.h5", "NaN")
+    write_features(d / "far.h5", np.zeros((0, p["head"].dim), np.float32))
+    expect_error(capsys, args(d), "far.h5", "no rows")
+    write_features(d / "far.h5", np.ones((5, p["head"].dim), np.float32))
+    y = p["arrays"]["train"][1].copy()
+    y[7] = 99
+    write_features(d / "train.h5", p["arrays"]["train"][0], labels=y)
+    expect_error(capsys, args(d, "--methods", "mahalanobis"), "train.h5", "outside")
+    write_features(d / "train.h5", p["arrays"]["train"][0], labels=p["arrays"]["train"][1])
+    (d / "short.txt").write_text("a 1\nb 2\n")
+    expect_error(capsys, args(d, "--train_label", str(d / "short.txt")), "short.txt", "2 labels")
+    expect_error(capsys, args(d, "--methods", "msp,bogus"), "bogus")
+    expect_error(capsys, args(d, "--param", "vim.bogus=1"), "vim.bogus")
+
+
+def test_script_runs_as_a_program(files):
+    d, _ = files
+    r = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), *args(d, "--methods", "msp,energy")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "energy" in r.stdout and "Mean AUROC" in r.stdout
