@@ -76,8 +76,9 @@ def _report(kind: str, missing, unreadable, out) -> int:
 
 
 def check(list_path, root, fmt: str = "auto", mask_root=None, decode: bool = False, workers: int = 8,
-          out=sys.stdout, **options) -> int:
-    """Print a report on a list; the number of problems found (0 = ready to extract)."""
+          out=None, **options) -> int:
+    """Print a report on a list (to stdout by default); the number of problems found (0 = ready to extract)."""
+    out = out or sys.stdout
     data = read_list(list_path, fmt, **options)
     if not len(data):
         raise ListFormatError(f"{list_path}: no entries")
