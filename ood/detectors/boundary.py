@@ -1,0 +1,92 @@
+"""Detectors built on the geometry of the linear head: NCI, fDBD and NuSA.
+
+- NCI (Liu & Qin, 2024, "Detecting out-of-distribution through the lens of neural collapse"):
+  w_pred . (h - m) / ||h - m|| + alpha ||h||_1, m the train mean feature, pred = argmax z.
+- fDBD (Liu & Qin, ICML 2024, "Fast decision boundary based out-of-distribution detector"): the mean over
+  c != pred of the distance to the decision boundary between pred and c, |z_pred - z_c| / ||w_pred - w_c||,
+  divided by ||h - m|| (``center=False``: by ||h||, the alternative OpenOOD sweeps). OpenOOD sums over the
+  classes instead of averaging: the same ranking, scaled by C - 1.
+- NuSA (Cook et al. 2024; null space analysis after Cook, Zare & Gader 2020, "Outlier detection through
+  null space analysis of neural networks"):
+  ||P h|| / ||h||, P the orthogonal projection on the row space of W; 1 - this is the null-space share.
+  When C >= D and W has full rank, P = I and every score is 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Detector, register
+from .shared import feature_mean, predicted
+
+
+@register("nci")
+class NCI(Detector):
+    """Cosine between h - m and the predicted class's weight vector (times its norm), plus alpha ||h||_1."""
+
+    grid = {"alpha": [0.0001, 0.001, 0.01, 0.1]}
+
+    def __init__(self, alpha: float = 0.0001):
+        self.alpha = alpha
+
+    def fit(self, train):
+        self.mean_ = feature_mean(train)
+        return self
+
+    def score(self, split):
+        m = split.tensor(self.mean_)
+        pred = torch.as_tensor(predicted(split), device=split.device)
+
+        def block(lo, hi, h):
+            c = h - m
+            proj = (split.weight[pred[lo:hi]] * c).sum(1) / torch.linalg.vector_norm(c, dim=1)
+            return proj.double() + self.alpha * h.abs().sum(1).double()
+        return split.map_blocks(block, dtype=np.float64)
+
+
+@register("fdbd")
+class FDBD(Detector):
+    """Mean distance to the decision boundaries of the predicted class over ||h - m|| (or ||h||)."""
+
+    grid = {"center": [True, False]}
+
+    def __init__(self, center: bool = True):
+        self.center = center
+
+    def fit(self, train):
+        self.mean_ = feature_mean(train) if self.center else np.zeros(train.dim)
+        return self
+
+    def score(self, split):
+        W, C = split.weight, split.num_classes
+        sq = (W * W).sum(1)
+        m = split.tensor(self.mean_)
+        pred = torch.as_tensor(predicted(split), device=split.device)
+        z_all = split.logits
+
+        def block(lo, hi, h):
+            p = pred[lo:hi]
+            z = split.tensor(z_all[lo:hi])
+            gap = (z.gather(1, p[:, None]) - z).abs()
+            dist = (sq[p][:, None] + sq[None, :] - 2 * W[p] @ W.T).clamp_min(0).sqrt()
+            ratio = torch.where(dist > 0, gap / dist, torch.zeros_like(gap))
+            ratio.scatter_(1, p[:, None], 0.0)
+            return ratio.sum(1).double() / (C - 1) / torch.linalg.vector_norm(h - m, dim=1).double()
+        return split.map_blocks(block, dtype=np.float64)
+
+
+@register("nusa")
+class NuSA(Detector):
+    """Share of the feature norm in the row space of the head, ||P h|| / ||h||."""
+
+    def fit(self, train):
+        W = train.head.weight.astype(np.float64)
+        _, s, vt = np.linalg.svd(W, full_matrices=False)
+        keep = s > max(W.shape) * np.finfo(np.float64).eps * s.max()
+        self.basis_ = np.ascontiguousarray(vt[keep].T, dtype=np.float32)
+        return self
+
+    def score(self, split):
+        Q = split.tensor(self.basis_)
+        return split.map_blocks(lambda lo, hi, h: torch.linalg.vector_norm(h @ Q, dim=1).double()
+                                / torch.linalg.vector_norm(h, dim=1).double(), dtype=np.float64)
