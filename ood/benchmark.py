@@ -165,12 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "markdown", "latex"), default="table", help="printed table")
     p.add_argument("--plots", metavar="DIR", help="write per-detector score histograms and ROC curves (PNG)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--protocol", choices=("standard", "sood"), default="standard",
+                   help="sood: files are fc, train_iid, [IID test], shifted sets (easy, hard); reports accuracy "
+                        "per split and superclass, and detection of each shifted set (see ood.sood)")
+    p.add_argument("--holdout", type=float, metavar="FRACTION",
+                   help="sood: hold this part of train_iid out as the IID test split (no IID test file given; "
+                        "default 0.1 when only two files follow the train file)")
+    p.add_argument("--holdout_seed", type=int, default=0, help="sood: seed of the held-out part")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.protocol == "sood":
+        from . import sood
+        return sood.main(args, log)
     try:
         inputs = load_inputs(args.fc, args.id_train_feature, args.id_val_feature, args.ood_features,
                              args.device, args.train_label)

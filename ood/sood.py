@@ -1,0 +1,234 @@
+"""The SOOD-ImageNet protocol: accuracy under semantic shift and detection of the shifted test sets.
+
+SOOD-ImageNet (56 classes) keeps the training label space in its test sets but shifts their semantics:
+``test_easy_ood`` a little, ``test_hard_ood`` a lot. One run reports (a) classification accuracy on every
+split, overall and per superclass (the ``superclass`` column the extractor stores from a SOOD list), and
+(b) every detector's AUROC / FPR95 for telling the IID test split from each shifted split, with the detectors
+fitted on ``train_iid``. Where no IID test split exists, a seeded, class-stratified part of ``train_iid`` is
+held out (and left out of the fit), and the output says so.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import benchmark, report
+from .benchmark import InputError, Inputs, Result, load_split
+from .data import ListFormatError, read_labels
+from .detectors import create, parse_param_args
+from .features import FeatureFileError, read_head
+from .split import Split, resolve_device
+
+HOLDOUT_FRACTION = 0.1
+ALL = "all"
+
+
+@dataclass
+class SoodResult:
+    detection: Result  # records: one per (method, shifted split), ID = the IID test split
+    accuracy: List[dict]  # {"split", "superclass", "n", "accuracy"}; superclass "all" for the whole split
+    splits: List[str]  # split names in table order
+
+
+def holdout_mask(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """A seeded, class-stratified held-out part: round(fraction * n_c) rows of every class c (unlabelled rows
+    count as one class)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must lie in (0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    _, cls = np.unique(labels, return_inverse=True)
+    key = np.random.default_rng(seed).random(labels.size)
+    order = np.lexsort((key, cls))  # by class, then random
+    counts = np.bincount(cls)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    rank = np.empty(labels.size, dtype=np.int64)
+    rank[order] = np.arange(labels.size) - starts[cls[order]]
+    held = rank < np.round(fraction * counts)[cls]
+    if held.all() or not held.any():
+        raise ValueError(f"holding out {fraction} of {labels.size} train rows leaves an empty part")
+    return held
+
+
+def _subset(split: Split, idx: np.ndarray, name: str) -> Split:
+    logits = split.source.read("logits")[idx] if split.source.has("logits") else None
+    return Split.from_arrays(name, split.features[idx], split.head, logits, split.labels[idx], split.device)
+
+
+def _superclass(split: Split) -> Optional[np.ndarray]:
+    return split.source.read("superclass") if split.source.has("superclass") else None
+
+
+def accuracy_records(name: str, split: Split, superclass: Optional[np.ndarray],
+                     class_names: Optional[Sequence[str]] = None) -> List[dict]:
+    """Top-1 accuracy of the head on the labelled rows, overall and per superclass (per class name, or per
+    label, when the file has no superclass column)."""
+    y = split.labels
+    known = y >= 0
+    if not known.any():
+        return []
+    correct = split.logits[known].argmax(1) == y[known]
+    if superclass is not None:
+        group = np.asarray(superclass, dtype=object)[known]
+    elif class_names is not None:
+        group = np.asarray(class_names, dtype=object)[y[known]]
+    else:
+        group = y[known].astype(str)
+    names, inv = np.unique(group.astype(str), return_inverse=True)
+    n = np.bincount(inv, minlength=names.size)
+    hits = np.bincount(inv, weights=correct, minlength=names.size)
+    out = [{"split": name, "superclass": ALL, "n": int(known.sum()), "accuracy": float(correct.mean())}]
+    out += [{"split": name, "superclass": str(s), "n": int(k), "accuracy": float(h / k)}
+            for s, k, h in zip(names, n, hits)]
+    return out
+
+
+def load(fc, train, tests: Sequence, device="auto", train_label=None, holdout: Optional[float] = None,
+         seed: int = 0):
+    """(Inputs, {split name: superclass column or None}, train name, IID test name).
+
+    ``tests`` is ``[iid_test, shifted ...]``, or only the shifted sets when ``holdout`` is a fraction (then
+    the IID test split is held out of ``train``). With two files and ``holdout`` None, ``HOLDOUT_FRACTION``
+    is held out.
+    """
+    device = resolve_device(device)
+    head = read_head(fc)
+    tests = list(tests)
+    if holdout is None and len(tests) == 2:
+        holdout = HOLDOUT_FRACTION
+    if holdout is None and len(tests) < 3:
+        raise InputError("the sood protocol needs the IID test split and the shifted sets (easy, hard), "
+                         "or only the shifted sets with --holdout")
+    tr = load_split(Path(train).stem, train, head, device)
+    if train_label is not None:
+        labels = read_labels(train_label)
+        if labels.size != tr.n:
+            raise InputError(f"{train_label}: {labels.size} labels, but {train} has {tr.n} rows")
+        tr.labels = labels
+    superclass = {tr.name: _superclass(tr)}
+    notes = []
+    if holdout is not None:
+        held = holdout_mask(tr.labels, holdout, seed)
+        test_name = f"{tr.name}_heldout"
+        test = _subset(tr, np.flatnonzero(held), test_name)
+        train_sc = superclass.pop(tr.name)
+        fit = _subset(tr, np.flatnonzero(~held), tr.name)
+        superclass[tr.name] = None if train_sc is None else train_sc[~held]
+        superclass[test_name] = None if train_sc is None else train_sc[held]
+        notes.append(f"no IID test split given: {test.n} rows ({100 * holdout:g}% of each class, seed {seed}) "
+                     f"held out of {Path(train).name} as the IID test split; detectors fit on the other {fit.n}")
+        tr, shifted = fit, tests
+    else:
+        test = load_split(Path(tests[0]).stem, tests[0], head, device)
+        superclass[test.name] = _superclass(test)
+        shifted = tests[1:]
+    oods = [load_split(Path(p).stem, p, head, device) for p in shifted]
+    for s in oods:
+        superclass[s.name] = _superclass(s)
+    names = [tr.name, test.name] + [s.name for s in oods]
+    if len(set(names)) != len(names):
+        raise InputError(f"the splits must have distinct file names, got {', '.join(names)}")
+    return Inputs(head, tr, test, oods, notes), superclass, tr.name, test.name
+
+
+def run_sood(inputs: Inputs, superclass: Dict[str, Optional[np.ndarray]], methods: Sequence[str],
+             params: Optional[dict] = None, fpr: str = "vim", log=None) -> SoodResult:
+    """Accuracy on every split, then every detector (fit on train) on IID test vs each shifted split."""
+    splits = [inputs.train, inputs.test] + list(inputs.oods)
+    accuracy = []
+    for s in splits:
+        accuracy += accuracy_records(s.name, s, superclass.get(s.name), inputs.head.class_names)
+    if all(v is None for v in superclass.values()):
+        inputs.notes.append("the feature files have no 'superclass' column (extract them from the SOOD lists): "
+                            "accuracy is shown per class")
+    detection = benchmark.run(inputs, methods, params, fpr, log)
+    return SoodResult(detection, accuracy, [s.name for s in splits])
+
+
+def _accuracy_rows(res: SoodResult):
+    by = {(r["split"], r["superclass"]): r for r in res.accuracy}
+    groups = [ALL] + sorted({r["superclass"] for r in res.accuracy} - {ALL})
+    header = ["Superclass"] + [f"{s} acc" for s in res.splits]
+    rows = [[g] + [f"{100 * by[s, g]['accuracy']:.2f}" if (s, g) in by else "-" for s in res.splits]
+            for g in groups]
+    return header, rows
+
+
+def _render(header, rows, fmt: str) -> List[str]:
+    if fmt == "markdown":
+        return (["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+                + ["| " + " | ".join(r) + " |" for r in rows])
+    if fmt == "latex":
+        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
+        return ([r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+                 " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+                + [" & ".join(esc(c) for c in r) + r" \\" for r in rows] + [r"\bottomrule", r"\end{tabular}"])
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
+def format_report(res: SoodResult, fmt: str = "table") -> str:
+    """The detection table (IID test vs each shifted split) and the accuracy table (split x superclass)."""
+    det = res.detection
+    out = [f"SOOD protocol: train {res.splits[0]}, IID test {res.splits[1]}, shifted "
+           + ", ".join(res.splits[2:])]
+    out.append(report.format_table(det, fmt))
+    if res.accuracy:
+        comment = {"latex": "% ", "markdown": ""}.get(fmt, "")
+        out += ["", f"{comment}Top-1 accuracy (%) per split, overall ({ALL}) and per superclass"]
+        out += [""] if fmt == "markdown" else []
+        out += _render(*_accuracy_rows(res), fmt)
+    return "\n".join(out)
+
+
+def write_json(res: SoodResult, path):
+    recs = report.records(res.detection)
+    report._atomic_write(path, json.dumps({"detection": recs, "accuracy": res.accuracy,
+                                           "notes": res.detection.notes}, indent=2) + "\n")
+
+
+def write_accuracy_csv(res: SoodResult, path):
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["split", "superclass", "n", "accuracy"])
+    w.writeheader()
+    w.writerows(res.accuracy)
+    report._atomic_write(path, buf.getvalue())
+
+
+def main(args, log=None) -> int:
+    """``benchmark.py --protocol sood``: the parsed benchmark arguments in, the exit status out."""
+    try:
+        inputs, superclass, _, _ = load(args.fc, args.id_train_feature,
+                                        [args.id_val_feature] + list(args.ood_features), args.device,
+                                        args.train_label, args.holdout, args.holdout_seed)
+        methods = benchmark.select_methods(args.methods, inputs, args.train_label or args.id_train_feature)
+        flags = {k: getattr(args, k) for k in benchmark.VIM_FLAGS}
+        params = parse_param_args(args.param, flags, methods)
+        for method in params:
+            create(method, **params[method])
+        if log:
+            log(f"SOOD: train {inputs.train.n} x {inputs.train.dim}, IID test {inputs.test.n}, "
+                + ", ".join(f"{o.name} {o.n}" for o in inputs.oods) + f"; {len(methods)} methods on "
+                f"{inputs.train.device}")
+        res = run_sood(inputs, superclass, methods, params, args.fpr, log)
+    except (FeatureFileError, ListFormatError, InputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(res, args.format))
+    if args.json:
+        write_json(res, args.json)
+    if args.csv:
+        report.write_csv(res.detection, args.csv)
+        write_accuracy_csv(res, Path(args.csv).with_suffix(".accuracy.csv"))
+    if args.plots:
+        from . import plots
+        plots.write_plots(res.detection, args.plots)
+    return 0
