@@ -1,0 +1,218 @@
+"""``evaluate_segmentation.py``: ImageNet-S figures from PNG masks, or pixel-level OOD figures from the score
+maps that segment_images.py stored. Tables are printed; ``--json`` writes every figure."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from ..data import ListFormatError
+from ..features import FeatureFileError
+from . import imagenet_s, pixel_ood
+from .store import SegmentationFile
+
+
+def _write_json(obj, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def _pct(x) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+# --------------------------------------------------------------------------------------------- ImageNet-S
+
+
+def run_imagenet_s(args) -> int:
+    n = imagenet_s.MODES[args.mode]
+    classes = imagenet_s.class_names(args.categories, n) if args.categories else None
+    matching = None
+    if args.match:
+        if Path(args.match).exists():
+            matching = imagenet_s.read_matching(args.match)
+            print(f"matching read from {args.match}", file=sys.stderr)
+        else:
+            matching = imagenet_s.compute_matching(args.gt_dir, args.predict_dir, n, args.workers, not args.quiet)
+            imagenet_s.write_matching(matching, args.match)
+            print(f"matching computed and saved to {args.match}", file=sys.stderr)
+    log = imagenet_s.evaluate(args.gt_dir, args.predict_dir, n, args.workers, matching, classes, not args.quiet)
+    if matching is not None:
+        log["matching"] = {str(k): v for k, v in sorted(matching.items())}
+    names = classes or [str(i) for i in range(n + 1)]
+    if args.per_class:
+        print("per class IoU (%):")
+        print(_table(["class", "IoU", "BIoU"], [[c, f"{a:.2f}", f"{b:.2f}"]
+                                                for c, a, b in zip(names, log["IoUs"], log["BIoUs"])]))
+        print()
+    keys = ["Acc", "mIoU", "mBIoU", "S", "MS", "ML", "L", "BS", "BMS", "BML", "BL", "FMeasure"]
+    print(f"ImageNet-S-{n}: {log['images']} images, figures in %")
+    print(_table(keys, [[f"{log[k]:.2f}" for k in keys]]))
+    if args.json:
+        _write_json(log, args.json)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- pixel OOD
+
+
+def _ids(text: Optional[str]):
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"expected a comma list of integer ids, got {text!r}") from None
+
+
+def _thresholds(items) -> Dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--threshold expects DETECTOR=VALUE, got {item!r}") from None
+    return out
+
+
+def evaluate_ood(path, detectors: Optional[Sequence[str]] = None, ood_ids=None, ignore_ids=(),
+                 mode: str = "exact", bins: int = 10000, value_range: Optional[Sequence[float]] = None,
+                 min_pred_size: int = 500, min_gt_size: int = 100, thresholds: Optional[Dict[str, float]] = None,
+                 components: bool = True, progress: bool = False) -> list:
+    """One record per detector: pixel metrics, then component metrics at the best-F1 (or given) threshold."""
+    from tqdm import tqdm
+
+    thresholds = dict(thresholds or {})
+    with SegmentationFile(path) as f:
+        if not f.has_gt:
+            raise FeatureFileError(f"{path}: has no ground truth ('gt'); segment_images.py stores it when the "
+                                   "list names masks")
+        detectors = list(detectors or f.detectors)
+        for d in detectors:
+            f.dataset(d)
+        unknown = set(thresholds) - set(detectors)
+        if unknown:
+            raise ValueError(f"--threshold names {', '.join(sorted(unknown))}, not among {', '.join(detectors)}")
+        label = lambda gt: pixel_ood.ood_labels(gt, ood_ids, ignore_ids, str(path))  # noqa: E731
+        records = {d: {"detector": d, "mode": mode, "fpr_convention": pixel_ood.FPR_LABEL} for d in detectors}
+        if mode == "exact":
+            labels = label(np.concatenate([b[0] for b in f.blocks(["gt"])]))
+            for d in detectors:
+                records[d].update(pixel_ood.pixel_metrics(f.dataset(d)[()], labels))
+        else:
+            hists = {}
+            for d in detectors:
+                lo, hi = value_range if value_range else f.score_range(d)
+                if not value_range and lo == hi:
+                    hi = lo + 1.0
+                hists[d] = pixel_ood.PixelHistogram(bins, lo, hi)
+            for gt, *scores in f.blocks(["gt"] + detectors):
+                y = label(gt)
+                for d, s in zip(detectors, scores):
+                    hists[d].add(s, y, f"{path}: {d}")
+            for d in detectors:
+                records[d].update(hists[d].metrics())
+        if components:
+            stats = {d: pixel_ood.ComponentStats() for d in detectors}
+            for d in detectors:
+                records[d]["component_threshold"] = thresholds.get(d, records[d]["threshold"])
+            for i in tqdm(range(f.n), unit="img", disable=not progress, leave=False):
+                y = label(f.image(i, "gt"))
+                for d in detectors:
+                    pred_ood = f.image(i, d) <= records[d]["component_threshold"]
+                    stats[d].add(pixel_ood.frame_components(pred_ood, y, min_pred_size, min_gt_size))
+            for d in detectors:
+                records[d].update(stats[d].summary(), min_pred_size=min_pred_size, min_gt_size=min_gt_size)
+    return [records[d] for d in detectors]
+
+
+def format_ood(records) -> str:
+    header = ["Detector", "AUROC", "AP", "FPR95", "best F1", "thr", "sIoU", "PPV", "F1@.25", "F1@.50", "F1@.75",
+              "mean F1"]
+    rows = []
+    for r in records:
+        row = [r["detector"], _pct(r["auroc"]), _pct(r["ap"]), _pct(r["fpr95"]), _pct(r["best_f1"]),
+               f"{r['threshold']:.4g}"]
+        row += [_pct(r.get(k)) for k in ("siou", "ppv", "f1_25", "f1_50", "f1_75", "f1_mean")]
+        rows.append(row)
+    lines = [f"pixel metrics in % (OOD positive; {records[0]['mode']} mode), {records[0]['fpr_convention']}",
+             "a pixel is OOD when its score <= thr (the best-F1 threshold); components at that threshold"]
+    return "\n".join(lines + ["", _table(header, rows)])
+
+
+def run_ood(args) -> int:
+    records = evaluate_ood(args.file, args.detectors.split(",") if args.detectors else None,
+                           _ids(args.ood_ids), _ids(args.ignore_ids) or (), args.mode, args.bins, args.range,
+                           args.min_pred_size, args.min_gt_size, _thresholds(args.threshold),
+                           not args.no_components, not args.quiet)
+    print(format_ood(records))
+    if args.json:
+        _write_json(records, args.json)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate_segmentation.py", description=__doc__)
+    sub = p.add_subparsers(dest="task", required=True)
+    s = sub.add_parser("imagenet_s", help="ImageNet-S toolbox figures from prediction and ground-truth PNG masks")
+    s.add_argument("--predict-dir", required=True, help="prediction PNGs (RGB, id = R + 256 G), gt's layout")
+    s.add_argument("--gt-dir", required=True, help="ground-truth PNGs, e.g. ImageNetS919/validation-segmentation")
+    s.add_argument("--mode", choices=sorted(imagenet_s.MODES, key=int), default="50",
+                   help="ImageNet-S-50/300/919: the number of classes")
+    s.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    s.add_argument("--match", metavar="JSON", help="map prediction ids to gt ids: read this matching file, or "
+                                                   "compute the optimal matching and save it here if absent")
+    s.add_argument("--categories", help="ImageNet-S categories file (one wnid a line) to name the classes")
+    s.add_argument("--per-class", action="store_true", help="print the per-class IoU table")
+    s.add_argument("--json", help="write every figure (per-class IoUs included) as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(run=run_imagenet_s)
+
+    o = sub.add_parser("ood", help="SegmentMeIfYouCan pixel and component metrics from segment_images.py output")
+    o.add_argument("file", help="HDF5 file written by segment_images.py (with ground truth)")
+    o.add_argument("--detectors", help="comma list of stored score maps (default: all)")
+    o.add_argument("--ood_ids", help="gt ids that are OOD (default: gt is a binary mask, 0 ID, 1 OOD, 255 ignore)")
+    o.add_argument("--ignore_ids", help="gt ids to ignore (e.g. 255)")
+    o.add_argument("--mode", choices=("exact", "streaming"), default="exact",
+                   help="exact: sort all pixels in memory; streaming: fixed histogram bins")
+    o.add_argument("--bins", type=int, default=10000, help="streaming: number of bins")
+    o.add_argument("--range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="streaming: bin range (default: each map's stored min and max); scores outside are an error")
+    o.add_argument("--min_pred_size", type=int, default=500, help="drop predicted components below (pixels)")
+    o.add_argument("--min_gt_size", type=int, default=100, help="ignore gt instances below (pixels)")
+    o.add_argument("--threshold", action="append", default=[], metavar="DETECTOR=VALUE",
+                   help="component threshold (OOD if score <= VALUE) instead of the best-F1 one")
+    o.add_argument("--no_components", action="store_true", help="pixel metrics only")
+    o.add_argument("--json", help="write one record per detector as JSON")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.set_defaults(run=run_ood)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (FeatureFileError, ListFormatError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

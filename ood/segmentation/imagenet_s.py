@@ -1,0 +1,306 @@
+"""ImageNet-S evaluation (Gao et al., TPAMI 2022, "Large-scale Unsupervised Semantic Segmentation").
+
+The figures of the ImageNet-S toolbox (``evaluation/evaluator.py``), computed the same way so its users get the
+same numbers: ids 0..N (0 = "other", a class of its own), 1000 = ignore, removed from both masks before any
+count; IoU = TP / (T + P - TP) from counts accumulated over the whole dataset and averaged over all N + 1 classes;
+boundary IoU on the pixels within w = round(0.03 * image diagonal) 3x3 erosions of a region's edge or of the
+image border (boundaries are taken on the full masks, ignore region included); mIoU by object size, each gt
+class of an image bucketed by ceil(100 * its share of the image) into S <= 5, MS <= 25, ML <= 50, L > 50 with
+the image's "other" pixels joining every bucket present, averaged over the classes seen in that bucket; image
+accuracy (the largest predicted foreground class is in both masks) and the F-measure (beta^2 = 0.3) of
+foreground vs "other", averaged over images. Everything is reported in percent.
+
+Matching (``match.py`` there) maps the arbitrary ids of an unsupervised method to gt ids by an optimal
+assignment on the image-level co-occurrence of ids; ties may be broken differently from the toolbox's Munkres.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from scipy.ndimage import maximum_filter, minimum_filter
+from scipy.optimize import linear_sum_assignment
+
+from ..data import read_imagenet_s_categories, read_imagenet_s_mask
+
+IGNORE = 1000
+MODES = {"50": 50, "300": 300, "919": 919}
+BUCKETS = ("S", "MS", "ML", "L")
+BUCKET_LIMITS = (5, 25, 50)  # percent of the image, inclusive upper limits of S, MS, ML
+BOUNDARY_RATIO = 0.03
+BETA2 = 0.3
+
+
+def boundary_width(height: int, width: int, ratio: float = BOUNDARY_RATIO) -> int:
+    """Erosion iterations of the toolbox: round(ratio * diagonal), at least 1."""
+    return max(1, int(round(ratio * math.sqrt(height ** 2 + width ** 2))))
+
+
+def boundary_mask(ids: np.ndarray, iterations: int) -> np.ndarray:
+    """Pixels that ``iterations`` 3x3 erosions of their own region's mask remove (zero padding outside).
+
+    A pixel survives the erosions iff its (2k+1)^2 window lies inside the image and holds one id only, so a
+    min and a max filter find every class's boundary at once instead of one erosion per class.
+    """
+    k = iterations
+    size = 2 * k + 1
+    out = minimum_filter(ids, size=size, mode="nearest") != maximum_filter(ids, size=size, mode="nearest")
+    out[:k] = out[-k:] = True
+    out[:, :k] = out[:, -k:] = True
+    return out
+
+
+@dataclass
+class Counts:
+    """Pixel counts summed over images: rows predicted (T), ground truth (P), intersection (TP) per class."""
+
+    num_classes: int  # N; arrays have N + 1 columns (0 = other)
+    area: np.ndarray = None  # [3, N+1]
+    boundary: np.ndarray = None  # [3, N+1]
+    bucket_area: np.ndarray = None  # [4, 3, N+1]
+    bucket_boundary: np.ndarray = None  # [4, 3, N+1]
+    fmeasure: float = 0.0
+    correct: int = 0
+    images: int = 0
+
+    def __post_init__(self):
+        k = self.num_classes + 1
+        for name, shape in (("area", (3, k)), ("boundary", (3, k)),
+                            ("bucket_area", (4, 3, k)), ("bucket_boundary", (4, 3, k))):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(shape, np.int64))
+
+    def __iadd__(self, other: "Counts") -> "Counts":
+        for name in ("area", "boundary", "bucket_area", "bucket_boundary"):
+            getattr(self, name).__iadd__(getattr(other, name))
+        self.fmeasure += other.fmeasure
+        self.correct += other.correct
+        self.images += other.images
+        return self
+
+
+def _tally(pred: np.ndarray, gt: np.ndarray, hits: np.ndarray, length: int) -> np.ndarray:
+    return np.stack([np.bincount(pred, minlength=length), np.bincount(gt, minlength=length),
+                     np.bincount(hits, minlength=length)])
+
+
+def _iou(c: np.ndarray) -> np.ndarray:
+    t, p, tp = c[..., 0, :], c[..., 1, :], c[..., 2, :]
+    return tp / (t + p - tp + 1e-10)
+
+
+def image_counts(gt: np.ndarray, pred: np.ndarray, num_classes: int,
+                 lookup: Optional[np.ndarray] = None) -> Counts:
+    """The counts of one image from its id masks [H, W]; ``lookup`` maps prediction ids through a matching."""
+    k = num_classes + 1
+    width = boundary_width(*gt.shape)
+    gt_edge = boundary_mask(gt, width)
+    pred_edge = boundary_mask(pred, width)
+    if lookup is not None:
+        pred = lookup[pred]
+    valid = gt != IGNORE
+    g, p, ge, pe = gt[valid], pred[valid], gt_edge[valid], pred_edge[valid]
+    hit = g == p
+    both = ge & pe & hit
+    c = Counts(num_classes)
+    c.area[:] = _tally(p, g, g[hit], k)
+    c.boundary[:] = _tally(p[pe], g[ge], g[both], k)
+
+    share = -(-100 * c.area[1] // max(1, g.size))  # ceil(100 * class pixels / image pixels), exact
+    bucket = np.searchsorted(BUCKET_LIMITS, share, side="left")
+    fg = g > 0
+    key = bucket[g] * k + g
+    pkey = bucket[g] * k + p
+    c.bucket_area[:] = _tally(pkey[fg], key[fg], key[fg & hit], 4 * k).reshape(3, 4, k).transpose(1, 0, 2)
+    c.bucket_boundary[:] = _tally(pkey[fg & pe], key[fg & ge], key[fg & both],
+                                  4 * k).reshape(3, 4, k).transpose(1, 0, 2)
+    present = np.unique(bucket[1:][c.area[1, 1:] > 0])
+    if present.size:
+        bg = ~fg
+        c.bucket_area[present] += _tally(p[bg], g[bg], g[bg & hit], k)
+        c.bucket_boundary[present] += _tally(p[bg & pe], g[bg & ge], g[bg & both], k)
+
+    t, pp = np.count_nonzero(fg), np.count_nonzero(p > 0)
+    tp = np.count_nonzero(fg & (p > 0))
+    recall, precision = tp / (t + 1e-20), tp / (pp + 1e-20)
+    c.fmeasure = (1 + BETA2) * precision * recall / (BETA2 * precision + recall + 1e-20)
+    top = int(np.argmax(c.area[0, 1:])) + 1
+    c.correct = int(c.area[1, top] > 0 and c.area[0, top] > 0)
+    c.images = 1
+    return c
+
+
+def summarize(c: Counts, classes: Optional[Sequence[str]] = None) -> dict:
+    """The toolbox's figures in percent: Acc, mIoU, mBIoU, S/MS/ML/L, BS/BMS/BML/BL, FMeasure, IoUs, BIoUs."""
+    iou, biou = 100 * _iou(c.area), 100 * _iou(c.boundary)
+    out = {"images": c.images, "Acc": 100 * c.correct / max(1, c.images), "mIoU": float(iou.mean()),
+           "mBIoU": float(biou.mean())}
+    for prefix, counts in (("", c.bucket_area), ("B", c.bucket_boundary)):
+        for name, b in zip(BUCKETS, counts):
+            seen = b[1] > 0
+            out[prefix + name] = float(100 * _iou(b)[seen].mean()) if seen.any() else float("nan")
+    out["FMeasure"] = 100 * c.fmeasure / max(1, c.images)
+    out["IoUs"] = iou.tolist()
+    out["BIoUs"] = biou.tolist()
+    if classes is not None:
+        out["classes"] = list(classes)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def read_mask(path) -> np.ndarray:
+    try:
+        return read_imagenet_s_mask(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such mask file") from None
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable PNG mask ({e})") from None
+
+
+def read_pair(gt_path, pred_path, num_classes: int, lookup: Optional[np.ndarray] = None):
+    """The gt and prediction id masks of one image, checked: same size, ids in range."""
+    gt, pred = read_mask(gt_path), read_mask(pred_path)
+    if gt.shape != pred.shape:
+        raise ValueError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
+                         f"ground truth {gt_path} is {gt.shape[1]}x{gt.shape[0]}")
+    bad = gt[(gt > num_classes) & (gt != IGNORE)]
+    if bad.size:
+        raise ValueError(f"{gt_path}: id {int(bad.max())} is outside 0..{num_classes} (and {IGNORE} = ignore)")
+    if pred.max() > num_classes:
+        raise ValueError(f"{pred_path}: id {int(pred.max())} is outside the category range 0..{num_classes}")
+    if lookup is not None:
+        ids = np.unique(pred)
+        missing = ids[lookup[ids] < 0]
+        if missing.size:
+            raise ValueError(f"{pred_path}: id {int(missing[0])} has no entry in the matching")
+    return gt, pred
+
+
+def list_masks(gt_dir, predict_dir) -> List[str]:
+    """Relative paths of every gt PNG under ``gt_dir``, each checked to have a prediction."""
+    gt_dir, predict_dir = Path(gt_dir), Path(predict_dir)
+    for d, what in ((gt_dir, "ground-truth"), (predict_dir, "prediction")):
+        if not d.is_dir():
+            raise ValueError(f"{d}: {what} folder does not exist")
+    names = sorted(p.relative_to(gt_dir).as_posix() for p in gt_dir.rglob("*.png"))
+    if not names:
+        raise ValueError(f"{gt_dir}: holds no .png masks")
+    missing = [n for n in names if not (predict_dir / n).is_file()]
+    if missing:
+        raise ValueError(f"{predict_dir / missing[0]}: missing prediction "
+                         f"({len(missing)} of {len(names)} ground-truth masks have none)")
+    return names
+
+
+def _chunk_counts(args) -> Counts:
+    gt_dir, predict_dir, names, num_classes, lookup = args
+    total = Counts(num_classes)
+    for name in names:
+        gt, pred = read_pair(os.path.join(gt_dir, name), os.path.join(predict_dir, name), num_classes, lookup)
+        total += image_counts(gt, pred, num_classes, lookup)
+    return total
+
+
+def _chunk_presence(args) -> np.ndarray:
+    gt_dir, predict_dir, names, num_classes, _ = args
+    co = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    for name in names:
+        gt, pred = read_pair(os.path.join(gt_dir, name), os.path.join(predict_dir, name), num_classes)
+        valid = gt != IGNORE
+        co[np.ix_(np.unique(pred[valid]), np.unique(gt[valid]))] += 1
+    return co
+
+
+def _map_chunks(fn, gt_dir, predict_dir, names, num_classes, lookup, workers, progress, total):
+    """Apply ``fn`` to chunks of images in ``workers`` processes and sum the results, with a progress bar."""
+    from tqdm import tqdm
+
+    size = max(1, min(64, len(names) // max(1, 4 * workers)))
+    chunks = [(str(gt_dir), str(predict_dir), names[i:i + size], num_classes, lookup)
+              for i in range(0, len(names), size)]
+    bar = tqdm(total=len(names), unit="img", disable=not progress, leave=False)
+    try:
+        if workers <= 1:
+            for chunk in chunks:
+                total += fn(chunk)
+                bar.update(len(chunk[2]))
+        else:
+            with get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
+                for chunk, part in zip(chunks, pool.imap(fn, chunks)):
+                    total += part
+                    bar.update(len(chunk[2]))
+    finally:
+        bar.close()
+    return total
+
+
+def match_ids(cooccurrence: np.ndarray) -> Dict[int, int]:
+    """Prediction id -> gt id maximising the summed image-level co-occurrence; 0 (other) stays 0.
+
+    ``cooccurrence[i, j]`` counts the images whose prediction holds id i and whose ground truth holds id j.
+    """
+    rows, cols = linear_sum_assignment(cooccurrence[1:, 1:], maximize=True)
+    return {0: 0, **{int(r) + 1: int(c) + 1 for r, c in zip(rows, cols)}}
+
+
+def compute_matching(gt_dir, predict_dir, num_classes: int, workers: int = 1, progress: bool = False,
+                     names: Optional[List[str]] = None) -> Dict[int, int]:
+    names = names or list_masks(gt_dir, predict_dir)
+    co = _map_chunks(_chunk_presence, gt_dir, predict_dir, names, num_classes, None, workers, progress,
+                     np.zeros((num_classes + 1, num_classes + 1), np.int64))
+    return match_ids(co)
+
+
+def read_matching(path) -> Dict[int, int]:
+    """A matching JSON ``{"pred id": gt id}`` (the toolbox's format)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        return {int(k): int(v) for k, v in raw.items()}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such matching file") from None
+    except (ValueError, AttributeError, TypeError) as e:
+        raise ValueError(f"{path}: not a matching JSON of id -> id ({e})") from None
+
+
+def write_matching(matching: Dict[int, int], path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps({str(k): v for k, v in sorted(matching.items())}, indent=0))
+    os.replace(tmp, path)
+
+
+def lookup_table(matching: Dict[int, int], num_classes: int) -> np.ndarray:
+    """An array mapping prediction ids 0..N through ``matching``; -1 where it has no entry."""
+    table = np.full(num_classes + 1, -1, np.int64)
+    for k, v in matching.items():
+        if not (0 <= k <= num_classes and 0 <= v <= num_classes):
+            raise ValueError(f"matching {k} -> {v} leaves the category range 0..{num_classes}")
+        table[k] = v
+    return table
+
+
+def class_names(categories, num_classes: int) -> List[str]:
+    """``other`` followed by the wnids of an ImageNet-S categories file in class-id order."""
+    ids = read_imagenet_s_categories(categories)
+    if len(ids) != num_classes:
+        raise ValueError(f"{categories}: lists {len(ids)} categories, the mode has {num_classes}")
+    return ["other"] + sorted(ids, key=ids.get)
+
+
+def evaluate(gt_dir, predict_dir, num_classes: int, workers: int = 1, matching: Optional[Dict[int, int]] = None,
+             classes: Optional[Sequence[str]] = None, progress: bool = False) -> dict:
+    """The toolbox's figures over every gt mask under ``gt_dir`` and the prediction of the same name."""
+    names = list_masks(gt_dir, predict_dir)
+    lookup = None if matching is None else lookup_table(matching, num_classes)
+    counts = _map_chunks(_chunk_counts, gt_dir, predict_dir, names, num_classes, lookup, workers, progress,
+                         Counts(num_classes))
+    return summarize(counts, classes)
