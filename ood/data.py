@@ -129,10 +129,13 @@ def read_labels(path) -> np.ndarray:
 
 
 def read_groups(groups: Union[None, str, os.PathLike, Sequence[int]] = None) -> np.ndarray:
-    """A MOS group configuration: class counts per group, from a sequence, a ``.npy`` file or a text file of
-    integers; ``None`` gives MOS's ImageNet-1k configuration (8 groups, 1000 classes)."""
+    """A MOS group configuration: class counts per group, from a sequence, a ``.npy`` file, a text file of
+    integers or a string such as ``"398,521,9"``; ``None`` gives MOS's ImageNet-1k configuration (8 groups,
+    1000 classes)."""
     if groups is None:
         return np.asarray(MOS_IMAGENET_GROUPS, dtype=np.int64)
+    if isinstance(groups, str) and groups.replace(",", "").replace(" ", "").isdigit() and not Path(groups).exists():
+        groups = [int(t) for t in groups.replace(",", " ").split()]
     if isinstance(groups, (str, os.PathLike)):
         p = Path(groups)
         try:

@@ -91,7 +91,7 @@ def accuracy_records(name: str, split: Split, superclass: Optional[np.ndarray],
 
 def load(fc, train, tests: Sequence, device="auto", train_label=None, holdout: Optional[float] = None,
          seed: int = 0):
-    """(Inputs, {split name: superclass column or None}, train name, IID test name).
+    """(Inputs, {split name: superclass column or None}).
 
     ``tests`` is ``[iid_test, shifted ...]``, or only the shifted sets when ``holdout`` is a fraction (then
     the IID test split is held out of ``train``). With two files and ``holdout`` None, ``HOLDOUT_FRACTION``
@@ -134,7 +134,7 @@ def load(fc, train, tests: Sequence, device="auto", train_label=None, holdout: O
     names = [tr.name, test.name] + [s.name for s in oods]
     if len(set(names)) != len(names):
         raise InputError(f"the splits must have distinct file names, got {', '.join(names)}")
-    return Inputs(head, tr, test, oods, notes), superclass, tr.name, test.name
+    return Inputs(head, tr, test, oods, notes), superclass
 
 
 def run_sood(inputs: Inputs, superclass: Dict[str, Optional[np.ndarray]], methods: Sequence[str],
@@ -206,9 +206,9 @@ def write_accuracy_csv(res: SoodResult, path):
 def main(args, log=None) -> int:
     """``benchmark.py --protocol sood``: the parsed benchmark arguments in, the exit status out."""
     try:
-        inputs, superclass, _, _ = load(args.fc, args.id_train_feature,
-                                        [args.id_val_feature] + list(args.ood_features), args.device,
-                                        args.train_label, args.holdout, args.holdout_seed)
+        inputs, superclass = load(args.fc, args.id_train_feature,
+                                  [args.id_val_feature] + list(args.ood_features), args.device,
+                                  args.train_label, args.holdout, args.holdout_seed)
         methods = benchmark.select_methods(args.methods, inputs, args.train_label or args.id_train_feature)
         flags = {k: getattr(args, k) for k in benchmark.VIM_FLAGS}
         params = parse_param_args(args.param, flags, methods)

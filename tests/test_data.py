@@ -74,10 +74,11 @@ def test_mos_group_default_imagenet_config(tmp_path):
     assert data.extra["group_index"] == [str(k) for _, k in rows]
 
 
-@pytest.mark.parametrize("source", ["sequence", "npy", "text"])
+@pytest.mark.parametrize("source", ["sequence", "npy", "text", "string"])
 def test_mos_group_custom_config(tmp_path, source):
     counts = [2, 3, 1]
-    groups = {"sequence": counts, "npy": tmp_path / "g.npy", "text": write(tmp_path, "g.txt", ["2, 3", "1"])}[source]
+    groups = {"sequence": counts, "npy": tmp_path / "g.npy", "text": write(tmp_path, "g.txt", ["2, 3", "1"]),
+              "string": "2,3,1"}[source]
     np.save(tmp_path / "g.npy", np.asarray(counts))
     lst = write(tmp_path, "l.txt", ["a.jpg 0 1", "b.jpg 1 0", "c.jpg 1 2", "d.jpg 2 0"])
     assert read_list(lst, "mos_group", groups=groups).labels.tolist() == [1, 2, 4, 5]
