@@ -30,6 +30,8 @@ class Split:
 
     ``features`` are read from the file on first use and checked for NaN/Inf; ``logits`` come from the file
     when it has them, else from the head. ``memo(key, fn)`` caches anything derived from this split.
+    ``extras`` holds further named inputs of the run (e.g. ``"group_head"``) for the detectors whose
+    ``requires`` name them.
     """
 
     def __init__(self, name: str, source: FeatureFile, head: Head, device: torch.device = torch.device("cpu"),
@@ -46,6 +48,7 @@ class Split:
                                    f"{head.num_classes} classes")
         self._labels = labels
         self._memo: dict = {}
+        self.extras: dict = {}
 
     @classmethod
     def from_arrays(cls, name, features, head: Head, logits=None, labels=None, device="cpu") -> "Split":
@@ -93,18 +96,18 @@ class Split:
 
     @property
     def logits(self) -> np.ndarray:
+        """All logits [N, C], kept for the run (use :meth:`blocks` with ``"logits"`` to stream instead)."""
         def compute():
             if self.source.has("logits"):
-                z = np.ascontiguousarray(self.source.read("logits"), dtype=np.float32)
-                if not np.isfinite(z).all():
-                    raise FeatureFileError(f"{self.path}: logits contain NaN or Inf")
-                return z
+                return self._checked_logits(self.source.read("logits"))
             return self.map_blocks(lambda lo, hi, h: self.apply_head(h))
         return self.memo("logits", compute)
 
-    def softmax(self) -> np.ndarray:
-        return self.memo("softmax", lambda: self.map_blocks(lambda lo, hi, z: torch.softmax(z, dim=1),
-                                                            source="logits"))
+    def _checked_logits(self, z) -> np.ndarray:
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        if not np.isfinite(z).all():
+            raise FeatureFileError(f"{self.path}: logits contain NaN or Inf")
+        return z
 
     # ------------------------------------------------------------------ compute helpers
     def memo(self, key, fn: Callable):
@@ -132,12 +135,21 @@ class Split:
 
     def blocks(self, source: str = "features", rows: Optional[int] = None
                ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """(lo, hi, tensor on device) over the rows of ``features`` or ``logits``."""
-        arr = self.features if source == "features" else self.logits
+        """(lo, hi, tensor on device) over the rows of ``features`` or ``logits``.
+
+        Logits stream without being kept: from memory if already kept, else from the file, else from the head.
+        """
         rows = rows or self.block_rows()
         for lo in range(0, self.n, rows):
             hi = min(self.n, lo + rows)
-            yield lo, hi, self.tensor(arr[lo:hi])
+            if source == "features":
+                yield lo, hi, self.tensor(self.features[lo:hi])
+            elif "logits" in self._memo or not (self.source.has("logits") or "features" in self._memo):
+                yield lo, hi, self.tensor(self.logits[lo:hi])
+            elif self.source.has("logits"):
+                yield lo, hi, self.tensor(self._checked_logits(self.source.read("logits", lo, hi)))
+            else:
+                yield lo, hi, self.apply_head(self.tensor(self.features[lo:hi]))
 
     def map_blocks(self, fn: Callable[[int, int, torch.Tensor], torch.Tensor], source: str = "features",
                    dtype=np.float32, rows: Optional[int] = None) -> np.ndarray:

@@ -5,6 +5,8 @@
 - ``moments``: mean and the Gram of the mean-centred features (one blocked pass, float32 products summed in
   float64); any other centring (ViM's u, class means) follows from it algebraically.
 - ``class_stats``: per-class counts and means; ``within_class_scatter`` for Mahalanobis.
+- ``logit_stats``: what the detectors need of the train logits, from one streamed pass (the N x C train logits
+  are never kept).
 """
 from __future__ import annotations
 
@@ -94,6 +96,24 @@ def within_class_scatter(train: Split) -> np.ndarray:
     cs = class_stats(train)
     b = cs["means"] - m["mean"]
     return m["gram"] - (b * cs["counts"][:, None]).T @ b
+
+
+def logit_stats(train: Split) -> dict:
+    """One streamed pass over the train logits, none of them kept: ``max_logit`` [N], and per predicted class
+    the ``pred_counts`` [C] and ``softmax_sums`` [C, C] (sum of the softmax of the rows predicted as c)."""
+    def compute():
+        C = train.num_classes
+        sums = torch.zeros(C, C, dtype=torch.float64, device=train.device)
+        counts = torch.zeros(C, dtype=torch.float64, device=train.device)
+        max_logit = np.empty(train.n, np.float64)
+        for lo, hi, z in train.blocks("logits"):
+            max_logit[lo:hi] = z.max(1).values.cpu().numpy()
+            p = torch.softmax(z, dim=1)
+            pred = p.argmax(1)
+            sums.index_add_(0, pred, p.double())
+            counts.index_add_(0, pred, torch.ones_like(pred, dtype=torch.float64))
+        return {"max_logit": max_logit, "pred_counts": counts.cpu().numpy(), "softmax_sums": sums.cpu().numpy()}
+    return train.memo("logit_stats", compute)
 
 
 def eigh_desc(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -199,3 +199,14 @@ def test_logits_stored_in_file_are_used(problem):
     z[:, 0] = np.arange(len(x))
     s = Split.from_arrays("t", x, head, logits=z)
     np.testing.assert_array_equal(create("maxlogit").score(s), np.arange(len(x)))
+
+
+def test_mahalanobis_singular_covariance_uses_the_pseudo_inverse():
+    from tests.conftest import make_problem
+    p = make_problem(seed=4)
+    for key in ("train", "test", "ood"):
+        x = p["arrays"][key][0]
+        x[:, 3] = 0.0  # a dead unit: the covariance is singular, Cholesky fails
+        x[:, 5] = x[:, 4]  # and a duplicated one
+        p[key] = Split.from_arrays(key, x, p["head"], labels=p["arrays"][key][1])
+    test_mahalanobis(p)

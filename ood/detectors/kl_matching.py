@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import stats
 from .base import Detector, register
 from .logits import neg_entropy
 
@@ -20,25 +21,18 @@ class KLMatching(Detector):
     """-min_c KL(softmax(z) || mean train softmax of predicted class c)."""
 
     def fit(self, train):
-        C = train.num_classes
-        sums = torch.zeros(C, C, dtype=torch.float64, device=train.device)
-        counts = torch.zeros(C, dtype=torch.float64, device=train.device)
-        for _, _, z in train.blocks("logits"):
-            p = torch.softmax(z, 1)
-            pred = p.argmax(1)
-            sums.index_add_(0, pred, p.double())
-            counts.index_add_(0, pred, torch.ones_like(pred, dtype=torch.float64))
-        keep = counts > 0
-        q = sums[keep] / counts[keep, None]
-        self.classes_ = torch.nonzero(keep).flatten().cpu().numpy()
-        self.log_q_ = q.log().clamp(min=_LOG_TINY).cpu().numpy()
+        s = stats.logit_stats(train)
+        keep = s["pred_counts"] > 0
+        self.classes_ = np.flatnonzero(keep)
+        q = s["softmax_sums"][keep] / s["pred_counts"][keep, None]
+        with np.errstate(divide="ignore"):
+            self.log_q_ = np.maximum(np.log(q), _LOG_TINY)
         return self
 
     def score(self, split):
-        p = split.softmax()
         log_q = split.tensor(self.log_q_)
 
-        def block(lo, hi, _):
-            pb = split.tensor(p[lo:hi])
-            return (pb @ log_q.T).max(1).values.double() - neg_entropy(pb.double())
+        def block(lo, hi, z):
+            p = torch.softmax(z, dim=1)
+            return (p @ log_q.T).max(1).values.double() - neg_entropy(p.double())
         return split.map_blocks(block, source="logits", dtype=np.float64)

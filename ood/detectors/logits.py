@@ -38,8 +38,7 @@ def _on_logits(split: Split, fn) -> np.ndarray:
 
 
 def _on_softmax(split: Split, fn) -> np.ndarray:
-    p = split.softmax()
-    return split.map_blocks(lambda lo, hi, _: fn(split.tensor(p[lo:hi])), source="logits", dtype=np.float64)
+    return _on_logits(split, lambda z: fn(torch.softmax(z, dim=1)))
 
 
 @register("msp")
@@ -96,8 +95,6 @@ class GradNorm(Detector):
     """
 
     def score(self, split):
-        p = split.softmax()
         C = split.num_classes
-        return split.map_blocks(
-            lambda lo, hi, h: (C * split.tensor(p[lo:hi]) - 1).abs().sum(1).double() * h.abs().sum(1).double(),
-            dtype=np.float64)
+        l1 = split.map_blocks(lambda lo, hi, h: h.abs().sum(1), dtype=np.float64)
+        return l1 * _on_softmax(split, lambda p: (C * p - 1).abs().sum(1))

@@ -15,7 +15,13 @@ from .base import Detector, register
 
 
 def pinv_factor(cov: np.ndarray) -> np.ndarray:
-    """L with L L^T = pinvh(cov), eigenvalues below scipy's pinvh cutoff dropped."""
+    """F with F F^T = pinvh(cov): inv(L)^T from a Cholesky factor when cov is positive definite (then pinvh
+    is the inverse), else from the eigendecomposition with scipy's pinvh cutoff."""
+    c = torch.from_numpy(np.ascontiguousarray(cov, dtype=np.float64))
+    L, info = torch.linalg.cholesky_ex(c)
+    if int(info) == 0:
+        eye = torch.eye(len(c), dtype=torch.float64)
+        return torch.linalg.solve_triangular(L, eye, upper=False).T.numpy()
     vals, vecs = np.linalg.eigh(cov)
     cutoff = max(cov.shape) * np.finfo(np.float64).eps * np.abs(vals).max()
     keep = vals > cutoff

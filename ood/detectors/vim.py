@@ -63,8 +63,7 @@ class ViM(_ResidualSpace):
 
     def fit(self, train):
         super().fit(train)
-        max_logit = train.memo("max_logit", lambda: train.logits.max(axis=1).astype(np.float64))
-        self.alpha_ = max_logit.mean() / self.residual(train).mean()
+        self.alpha_ = stats.logit_stats(train)["max_logit"].mean() / self.residual(train).mean()
         return self
 
     def score(self, split):

@@ -1,0 +1,132 @@
+"""Speed of every detector at ImageNet scale on random features (a benchmark, not a test).
+
+C = 1000 classes, D = 2048, 200,000 train, 50,000 ID test and four OOD sets of 10,000 (rectified class
+centres plus noise, so the detectors do real work). Prints seconds per detector, the total, the peak memory
+against the size of the input features, and for the heavy detectors the floating-point work divided by the
+machine's measured matrix-multiply throughput ("x times the arithmetic lower bound").
+
+    python benchmarks/bench_detectors.py [--scale 1.0] [--methods a,b] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+
+from ood.benchmark import Inputs, run
+from ood.detectors import list_detectors
+from ood.features import Head
+from ood.split import Split, resolve_device
+
+
+def rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def matmul_gflops(device, D=2048) -> float:
+    a = torch.randn(8192, D, device=device)
+    b = torch.randn(D, 1000, device=device)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 5 * 2 * 8192 * D * 1000 / (time.perf_counter() - t) / 1e9
+
+
+def make_features(n_train, n_test, n_ood, C, D, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = (rng.standard_normal((C, D), dtype=np.float32) * 0.6).astype(np.float32)
+
+    def draw(n, shift=0.0, labelled=True):
+        y = rng.integers(0, C, n)
+        x = np.empty((n, D), np.float32)
+        for lo in range(0, n, 20000):
+            hi = min(n, lo + 20000)
+            noise = rng.standard_normal((hi - lo, D), dtype=np.float32)
+            base = centers[y[lo:hi]] * (0.3 if not labelled else 1.0) + shift
+            np.maximum(base + noise, 0, out=x[lo:hi])
+        return x, (y if labelled else np.full(n, -1))
+
+    W = (centers / np.linalg.norm(centers, axis=1, keepdims=True) * 3).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32) * 0.1
+    train = draw(n_train)
+    test = draw(n_test)
+    oods = [draw(n_ood, shift=0.1 * k, labelled=False) for k in range(4)]
+    return Head(W, b), train, test, oods
+
+
+def flops(name, n_tr, n_s, C, D, dim):
+    """Floating-point work a detector adds in registry order (shared work counted where first done)."""
+    logits = 2 * n_s * D * C
+    eig = 9 * D ** 3
+    table = {
+        "msp": logits,
+        "react": logits,
+        "local_react": logits,
+        "vim": 2 * n_tr * D * D + 2 * n_tr * D * C + 2 * (n_tr + n_s) * D * (D - dim) + eig,
+        "mahalanobis": eig + 2 * n_s * D * D + 2 * n_s * D * C,
+        "kl_matching": 2 * n_s * C * C,
+    }
+    return table.get(name)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every split size (0.1 for a quick look)")
+    ap.add_argument("--methods", help="comma list (default: all registered)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    C, D = 1000, 2048
+    n_tr, n_te, n_ood = (int(200_000 * args.scale), int(50_000 * args.scale), int(10_000 * args.scale))
+    t0 = time.perf_counter()
+    head, train, test, oods = make_features(n_tr, n_te, n_ood, C, D)
+    print(f"generated features in {time.perf_counter() - t0:.1f}s")
+    input_gb = sum(a[0].nbytes for a in [train, test, *oods]) / 2**30
+    inputs = Inputs(head, Split.from_arrays("train", *train[:1], head, labels=train[1], device=device),
+                    Split.from_arrays("id", test[0], head, labels=test[1], device=device),
+                    [Split.from_arrays(f"ood{k}", x, head, device=device) for k, (x, _) in enumerate(oods)])
+    for s in [inputs.train, inputs.test, *inputs.oods]:
+        s.source.path = s.path  # in-memory inputs: nothing to read
+        s.features
+    methods = args.methods.split(",") if args.methods else list_detectors()
+    gflops = matmul_gflops(device)
+    base = rss_gb()
+    print(f"device {device}, {torch.get_num_threads()} threads, matmul {gflops:.0f} GFLOP/s; "
+          f"input features {input_gb:.2f} GiB, RSS before run {base:.2f} GiB")
+    t0 = time.perf_counter()
+    result = run(inputs, methods, {}, "vim", log=lambda m: print(m, flush=True))
+    total = time.perf_counter() - t0
+    n_s = n_te + 4 * n_ood
+    dim = 1000
+    print(f"\n{'method':<16s} {'seconds':>8s} {'GFLOP':>8s} {'bound s':>8s} {'x bound':>8s}")
+    for m in methods:
+        f = flops(m, n_tr, n_s, C, D, dim)
+        t = result.timings[m]
+        if f:
+            bound = f / (gflops * 1e9)
+            print(f"{m:<16s} {t:8.2f} {f / 1e9:8.0f} {bound:8.2f} {t / bound:8.2f}")
+        else:
+            print(f"{m:<16s} {t:8.2f} {'-':>8s} {'-':>8s} {'-':>8s}")
+    total_f = sum(filter(None, (flops(m, n_tr, n_s, C, D, dim) for m in methods)))
+    print(f"\ntotal {total:.1f}s for {len(methods)} detectors; arithmetic lower bound of the heavy ones "
+          f"{total_f / (gflops * 1e9):.1f}s")
+    print(f"peak RSS {peak_gb():.2f} GiB (process), growth during the run {peak_gb() - base:.2f} GiB; "
+          f"peak / input features = {peak_gb() / input_gb:.2f}")
+
+
+if __name__ == "__main__":
+    main()
