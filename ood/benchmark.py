@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import metrics, report
+from . import metrics, report, tuning
 from .data import ListFormatError, read_labels
 from .detectors import create, get_detector_class, list_detectors, parse_param_args
 from .features import FeatureFile, FeatureFileError, Head, read_head
@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip_quantile_local", help="Local ReAct quantile (default 0.9995)")
     p.add_argument("--gamma", help="GEN gamma (default 0.1)")
     p.add_argument("--M", help="GEN top-M classes (default 100)")
+    p.add_argument("--tune", metavar="OOD_VAL", help="pick each detector's hyperparameters from its grid by "
+                   "AUROC of ID validation features against this validation OOD file (never a test OOD file)")
+    p.add_argument("--tune_id", metavar="ID_VAL", help="ID validation features for --tune (default: a seeded "
+                   "10%% of the ID test split, then left out of the reported results)")
     p.add_argument("--json", help="write one record per (method, dataset) as JSON")
     p.add_argument("--csv", help="write one record per (method, dataset) as CSV")
     p.add_argument("--format", choices=("table", "markdown", "latex"), default="table", help="printed table")
@@ -193,6 +197,10 @@ def main(argv=None) -> int:
             log(f"train {inputs.train.n} x {inputs.train.dim}, ID test {inputs.test.n}, "
                 + ", ".join(f"{o.name} {o.n}" for o in inputs.oods) + f"; {len(methods)} methods on "
                 f"{inputs.train.device}")
+        if args.tune:
+            params = tuning.tune_inputs(inputs, methods, params, args.tune, args.tune_id, log)
+        elif args.tune_id:
+            raise InputError("--tune_id needs --tune OOD_VAL")
         result = run(inputs, methods, params, args.fpr, log)
     except (FeatureFileError, ListFormatError, InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,8 +4,8 @@
   w_pred . (h - m) / ||h - m|| + alpha ||h||_1, m the train mean feature, pred = argmax z.
 - fDBD (Liu & Qin, ICML 2024, "Fast decision boundary based out-of-distribution detector"): the mean over
   c != pred of the distance to the decision boundary between pred and c, |z_pred - z_c| / ||w_pred - w_c||,
-  divided by ||h - m|| (``center=False``: by ||h||, the alternative OpenOOD sweeps). OpenOOD sums over the
-  classes instead of averaging: the same ranking, scaled by C - 1.
+  divided by ||h - m|| (``center=False``: by ||h||, the alternative OpenOOD sweeps); z = W h + b from the
+  features. OpenOOD sums over the classes instead of averaging: the same ranking, scaled by C - 1.
 - NuSA (Cook et al. 2024; null space analysis after Cook, Zare & Gader 2020, "Outlier detection through
   null space analysis of neural networks"):
   ||P h|| / ||h||, P the orthogonal projection on the row space of W; 1 - this is the null-space share.
@@ -61,12 +61,10 @@ class FDBD(Detector):
         W, C = split.weight, split.num_classes
         sq = (W * W).sum(1)
         m = split.tensor(self.mean_)
-        pred = torch.as_tensor(predicted(split), device=split.device)
-        z_all = split.logits
 
         def block(lo, hi, h):
-            p = pred[lo:hi]
-            z = split.tensor(z_all[lo:hi])
+            z = split.apply_head(h)
+            p = z.argmax(1)
             gap = (z.gather(1, p[:, None]) - z).abs()
             dist = (sq[p][:, None] + sq[None, :] - 2 * W[p] @ W.T).clamp_min(0).sqrt()
             ratio = torch.where(dist > 0, gap / dist, torch.zeros_like(gap))

@@ -1,13 +1,12 @@
 """Per-split quantities that several of the extra detectors share, memoised on the split they come from.
 
-``feature_mean`` (the train mean of DICE, NCI and fDBD), ``predicted`` (argmax of the logits: SHE, NCI,
-fDBD), ``max_logit`` (NECO, and ViM's memo key), ``energies`` (logsumexp of the logits: NNGuide's bank and
-queries) and ``row_norms``.
+``feature_mean`` (the train mean of DICE, NCI and fDBD), ``predicted`` (argmax of the logits: SHE, NCI),
+``max_logit`` (NECO) and ``energies`` (logsumexp of the logits: NNGuide's bank and queries). Logits are
+streamed by blocks, never kept whole.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..split import Split
 from .logits import energy
@@ -25,7 +24,9 @@ def predicted(split: Split) -> np.ndarray:
 
 
 def max_logit(split: Split) -> np.ndarray:
-    return split.memo("max_logit", lambda: split.logits.max(axis=1).astype(np.float64))
+    """Max logit [N], float64."""
+    return split.memo("max_logit", lambda: split.map_blocks(lambda lo, hi, z: z.max(1).values, source="logits",
+                                                            dtype=np.float64))
 
 
 def energies(split: Split) -> np.ndarray:
@@ -33,8 +34,3 @@ def energies(split: Split) -> np.ndarray:
     return split.memo("energy", lambda: split.map_blocks(lambda lo, hi, z: energy(z), source="logits",
                                                          dtype=np.float64))
 
-
-def row_norms(split: Split) -> np.ndarray:
-    """L2 norm of every feature row [N], float32."""
-    return split.memo("row_norms", lambda: split.map_blocks(
-        lambda lo, hi, h: torch.linalg.vector_norm(h, dim=1)))
