@@ -18,9 +18,18 @@ from . import metrics, report, tuning
 from .data import ListFormatError, read_labels
 from .detectors import create, get_detector_class, list_detectors, parse_param_args
 from .features import FeatureFile, FeatureFileError, Head, read_head
+from .heads.groups import GROUP_HEAD, group_accuracy, is_group_head, read_group_head
 from .split import Split, resolve_device
 
 VIM_FLAGS = ("clip_quantile", "clip_quantile_local", "gamma", "M")
+#: what a detector may name in ``requires`` beyond the train labels: (whether the inputs have it, how to give it)
+REQUIREMENTS = {
+    "group_head": (lambda inputs: "group_head" in inputs.train.extras,
+                   "a group-softmax head: give --head HEAD.h5 "
+                   "(python -m ood.heads train TRAIN.h5 HEAD.h5 --groups GROUPS)"),
+    "zeroshot_head": (lambda inputs: "logit_scale" in inputs.head.attrs,
+                      "a CLIP zero-shot fc head with its logit_scale (python -m ood.heads zeroshot)"),
+}
 
 
 class InputError(ValueError):
@@ -60,7 +69,7 @@ def load_split(name: str, path, head: Head, device) -> Split:
     return split
 
 
-def load_inputs(fc, train, test, oods: Sequence, device="cpu", train_label=None) -> Inputs:
+def load_inputs(fc, train, test, oods: Sequence, device="cpu", train_label=None, group_head=None) -> Inputs:
     device = resolve_device(device)
     head = read_head(fc)
     tr = load_split("train", train, head, device)
@@ -74,7 +83,28 @@ def load_inputs(fc, train, test, oods: Sequence, device="cpu", train_label=None)
     names = [s.name for s in inputs.oods]
     if len(set(names)) != len(names):
         raise InputError(f"OOD files must have distinct names, got {', '.join(names)}")
+    attach_group_head(inputs, fc, group_head)
     return inputs
+
+
+def attach_group_head(inputs: Inputs, fc, group_head=None):
+    """The group-softmax head (``--head``, or the fc file when it is one) goes to every split's extras."""
+    if group_head is not None and is_group_head(fc) and Path(group_head).resolve() != Path(fc).resolve():
+        raise InputError(f"{fc}: is a group head already; give the group head either as the fc file or with "
+                         f"--head, not both")
+    path = group_head if group_head is not None else (fc if is_group_head(fc) else None)
+    if path is None:
+        return
+    group = read_group_head(path)
+    if group.dim != inputs.train.dim:
+        raise InputError(f"{path}: the group head takes features of width {group.dim}, the feature files have "
+                         f"width {inputs.train.dim}")
+    for split in [inputs.train, inputs.test, *inputs.oods]:
+        split.extras["group_head"] = group
+    if not is_group_head(fc):
+        acc = group_accuracy(group, inputs.test.features, inputs.test.labels, inputs.test.device)
+        if acc is not None:
+            inputs.notes.append(f"group head {path}: ID accuracy {100 * acc:.2f}% (group and class both right)")
 
 
 def check_train_labels(inputs: Inputs, source: str):
@@ -87,11 +117,18 @@ def check_train_labels(inputs: Inputs, source: str):
                          f"row {int(np.argmax(bad))}); Mahalanobis needs a class label for every train row")
 
 
+def missing_inputs(method: str, inputs: Inputs) -> List[str]:
+    """How to give each input that ``method`` requires and the inputs lack (train labels are checked apart)."""
+    return [REQUIREMENTS[r][1] for r in get_detector_class(method).requires
+            if r in REQUIREMENTS and not REQUIREMENTS[r][0](inputs)]
+
+
 def select_methods(spec: Optional[str], inputs: Inputs, label_source: str) -> List[str]:
     if spec:
         methods = [m.strip() for m in spec.split(",") if m.strip()]
         for m in methods:
-            get_detector_class(m)
+            for hint in missing_inputs(m, inputs):
+                raise InputError(f"{m} needs {hint}")
         if any("train_labels" in get_detector_class(m).requires for m in methods):
             check_train_labels(inputs, label_source)
         return methods
@@ -99,6 +136,10 @@ def select_methods(spec: Optional[str], inputs: Inputs, label_source: str) -> Li
     for m in list_detectors():
         if "train_labels" in get_detector_class(m).requires and not inputs.has_train_labels:
             inputs.notes.append(f"{m} skipped: the train split has no labels (give --train_label)")
+            continue
+        missing = missing_inputs(m, inputs)
+        if missing:
+            inputs.notes.append(f"{m} skipped: it needs {missing[0]}")
             continue
         methods.append(m)
     if any("train_labels" in get_detector_class(m).requires for m in methods):
@@ -111,6 +152,8 @@ def id_accuracy(test: Split) -> Optional[float]:
     known = y >= 0
     if not known.any():
         return None
+    if test.head.attrs.get("head_type") == GROUP_HEAD:  # a group head as the fc: MOS's group accuracy
+        return group_accuracy(test.extras["group_head"], test.features, y, test.device)
     return float((test.logits[known].argmax(1) == y[known]).mean())
 
 
@@ -156,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fpr", choices=metrics.FPR_CONVENTIONS, default="vim", help="FPR95 convention")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--train_label", help="ViM-style list 'path label' overriding the train file's labels")
+    p.add_argument("--head", help="group-softmax head for mos (python -m ood.heads train); a group head may "
+                                  "also be given as the fc file")
     p.add_argument("--clip_quantile", help="ReAct train quantile (react, gen_react; default 0.99)")
     p.add_argument("--clip_quantile_local", help="Local ReAct quantile (default 0.9995)")
     p.add_argument("--gamma", help="GEN gamma (default 0.1)")
@@ -187,7 +232,7 @@ def main(argv=None) -> int:
         return sood.main(args, log)
     try:
         inputs = load_inputs(args.fc, args.id_train_feature, args.id_val_feature, args.ood_features,
-                             args.device, args.train_label)
+                             args.device, args.train_label, args.head)
         methods = select_methods(args.methods, inputs, args.train_label or args.id_train_feature)
         flags = {k: getattr(args, k) for k in VIM_FLAGS}
         params = parse_param_args(args.param, flags, methods)

@@ -20,7 +20,8 @@ class Detector:
     """Base class: subclasses set ``requires`` and implement ``score`` (and ``fit`` when they learn)."""
 
     name: str = ""
-    #: what the inputs must provide: "train_labels" (class-conditional statistics)
+    #: what the inputs must provide: "train_labels" (class-conditional statistics), or the name of an
+    #: extra input the run puts in ``split.extras`` (e.g. "group_head")
     requires: tuple = ()
 
     def fit(self, train: Split) -> "Detector":
