@@ -133,11 +133,10 @@ class FeatureWriter:
             self.h5.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
 
     def close(self):
-        """Trim to the rows written, mark complete and rename into place."""
-        for name in list(self.h5.keys()):
-            ds = self.h5[name]
-            if isinstance(ds, h5py.Dataset) and ds.shape and ds.shape[0] != self.rows:
-                ds.resize(self.rows, axis=0)
+        """Trim the row datasets to the rows written, mark complete and rename into place."""
+        for name in ("features", "logits", "labels", "paths") + self.extra:
+            if name in self.h5 and self.h5[name].shape[0] != self.rows:
+                self.h5[name].resize(self.rows, axis=0)
         self.h5.attrs["complete"] = True
         self.h5.attrs["rows_written"] = self.rows
         self.h5.close()

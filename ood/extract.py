@@ -1,0 +1,496 @@
+"""extract_features.py: images -> one HDF5 feature file (DESIGN.md section 3), fast and safe.
+
+The command line of ViM's and GEN's extractors (``data_root out_file model [--img_list L] [--fc_save_path P]``)
+over three backends (timm, mmpretrain, open_clip). A DataLoader decodes in worker processes while the model
+runs under inference mode, channels-last and autocast; rows are streamed into ``<out>.partial`` as batches
+finish, and the file is renamed into place when complete. ``--resume`` continues a stopped run from the rows
+already written; ``--skip_bad`` skips unreadable images and lists them in ``skipped_paths``. Under ``torchrun``
+each rank extracts a contiguous shard of the list and rank 0 merges the shards in the original order.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pickle
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+
+from .backbones import BACKENDS, Backbone, create_backbone, file_sha256
+from .data import LIST_FORMATS, DataList, ListFormatError, read_list, scan_folder
+from .features import PARTIAL_SUFFIX, FeatureFile, FeatureFileError, FeatureWriter, base_attrs, write_fc
+
+RESERVED = ("features", "logits", "labels", "paths", "skipped_paths", "classes", "fc")
+#: attributes that must agree between a partial file and the run that resumes it
+RESUME_KEYS = ("model", "backend", "checkpoint_sha256", "preprocess", "data_root", "list_file", "dtype", "amp")
+_STR = h5py.string_dtype("utf-8")
+
+
+class ImageError(ValueError):
+    """An image that cannot be read or decoded; the message names its path."""
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def load_image(path) -> Image.Image:
+    """Decode fully (so truncated files fail here) and convert to RGB, as torchvision's ImageFolder loader does."""
+    with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # palette-with-transparency notes
+            return img.convert("RGB")
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Rows ``start..`` of a list; an item is (row, tensor, None) or (row, None, error message) for a bad image."""
+
+    def __init__(self, root, paths: List[str], transform, start: int = 0):
+        self.root, self.paths, self.transform, self.start = str(root), paths, transform, start
+
+    def __len__(self):
+        return len(self.paths) - self.start
+
+    def __getitem__(self, i):
+        row = self.start + i
+        path = os.path.join(self.root, self.paths[row])
+        try:
+            return row, self.transform(load_image(path)), None
+        except Exception as e:  # any decoder or transform failure is reported with the image's path
+            return row, None, f"{path}: cannot read image ({e.__class__.__name__}: {e})"
+
+
+def collate(items):
+    """(rows of the good images, their stacked tensors or None, [(row, message)] of the bad ones)."""
+    good = [item for item in items if item[2] is None]
+    rows = torch.tensor([item[0] for item in good], dtype=torch.long)
+    x = torch.stack([item[1] for item in good]) if good else None
+    return rows, x, [(item[0], item[2]) for item in items if item[2] is not None]
+
+
+def load_inputs(data_root, img_list=None, list_format="auto", labels="auto") -> DataList:
+    """The images to extract: a list file (paths relative to ``data_root``) or every image under the folder."""
+    if img_list:
+        data = read_list(img_list, list_format)
+        if labels == "none":
+            data.labels = np.full(len(data), -1, dtype=np.int64)
+    else:
+        data = scan_folder(data_root, "none" if labels == "none" else "folders")
+    for name in data.extra:
+        if name in RESERVED:
+            raise ListFormatError(f"{img_list}: extra column {name!r} clashes with a feature-file dataset")
+    if len(data) == 0:
+        raise ListFormatError(f"{img_list or data_root}: no images")
+    return data
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class Dist:
+    """This process's place under torchrun (world 1 without it)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)),
+                   int(env.get("LOCAL_WORLD_SIZE", 1)))
+
+    def shard(self, n: int) -> range:
+        return range(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+
+def resolve_device(name: str, dist: Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+def autocast(amp: str, device: torch.device):
+    """``auto`` = bf16 on CUDA, off elsewhere."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def default_workers(dist: Dist) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cpus // max(1, dist.local_world)))
+
+
+class Extractor:
+    """One backbone on one device: batches of images in, float32 (or float16) rows out."""
+
+    def __init__(self, backbone: Backbone, device: torch.device, amp: str, dtype: str, channels_last: bool):
+        self.backbone = backbone.to(device, channels_last)
+        self.device = device
+        self.amp = amp
+        self.dtype = torch.float16 if dtype == "float16" else torch.float32
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor):
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with torch.inference_mode(), autocast(self.amp, self.device):
+            features, logits = self.backbone.forward(x)
+        features = features.float().to(self.dtype)
+        return features, None if logits is None else logits.float()
+
+    def dims(self, transform):
+        """Feature width and class count, from one blank image."""
+        f, z = self(transform(Image.new("RGB", (64, 64))).unsqueeze(0))
+        return f.shape[1], None if z is None else z.shape[1]
+
+
+def _to_host(tensors):
+    """Start copying a batch's outputs to the host; returns the tensors and an event to wait on."""
+    if tensors[0].device.type != "cuda":
+        return tensors, None
+    out = tuple(None if t is None else t.to("cpu", non_blocking=True) for t in tensors)
+    event = torch.cuda.Event()
+    event.record()
+    return out, event
+
+
+def _append_skipped(h5: h5py.File, paths: List[str]):
+    if "skipped_paths" not in h5:
+        h5.create_dataset("skipped_paths", (0,), dtype=_STR, maxshape=(None,), chunks=(256,))
+    ds = h5["skipped_paths"]
+    n = ds.shape[0]
+    ds.resize(n + len(paths), axis=0)
+    ds[n:] = paths
+
+
+def _check_resume(writer: FeatureWriter, attrs: dict, data: DataList):
+    """A partial file resumes only the same run: same model, weights, preprocessing, inputs and dtype."""
+    stored = writer.h5.attrs
+    for key, value in base_attrs(**attrs).items():
+        if key in RESUME_KEYS and key in stored and str(stored[key]) != str(value):
+            raise FeatureFileError(f"{writer.tmp}: cannot resume: it was made with {key}={stored[key]!r}, "
+                                   f"this run has {key}={value!r} (rerun without --resume to start over)")
+    done = int(stored.get("inputs_done", writer.rows))
+    skipped = set(writer.h5["skipped_paths"].asstr()[()]) if "skipped_paths" in writer.h5 else set()
+    expected = [p for p in data.paths[:done] if p not in skipped]
+    if len(expected) != writer.rows or list(writer.h5["paths"].asstr()[:writer.rows]) != expected:
+        raise FeatureFileError(f"{writer.tmp}: cannot resume: its rows are not the first images of this list")
+    return done
+
+
+def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: dict, *, batch: int, workers: int,
+                  resume: bool, overwrite: bool, skip_bad: bool, progress: bool, log) -> dict:
+    """Extract ``data`` into ``out``; returns a summary (rows, skipped, seconds)."""
+    backbone = extractor.backbone
+    dim, num_classes = extractor.dims(backbone.transform)
+    partial = Path(str(out) + PARTIAL_SUFFIX)
+    resuming = resume and partial.exists()
+    if partial.exists() and not resume:
+        log(f"{partial}: starting over (pass --resume to continue it)")
+    writer = FeatureWriter(out, len(data), dim, num_classes, dtype=attrs["dtype"], extra=tuple(data.extra),
+                           attrs=attrs, resume=resume, overwrite=overwrite)
+    try:
+        start = _check_resume(writer, attrs, data) if resuming else 0
+        if resuming:
+            log(f"{partial}: resuming after {start} of {len(data)} images")
+        loader = torch.utils.data.DataLoader(
+            ImageDataset(data_root, data.paths, backbone.transform, start), batch_size=batch, shuffle=False,
+            num_workers=workers, collate_fn=collate, pin_memory=extractor.device.type == "cuda",
+            prefetch_factor=4 if workers else None)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(data), initial=start, unit="img", dynamic_ncols=True, smoothing=0.05,
+                       desc=Path(out).name, file=sys.stderr)
+        skipped = 0
+        pending = None
+        tic = time.perf_counter()
+
+        def write(item):
+            nonlocal skipped
+            (outputs, event), rows, bad, done = item
+            if event is not None:
+                event.synchronize()
+            if bad:
+                _append_skipped(writer.h5, [data.paths[r] for r, _ in bad])
+                skipped += len(bad)
+                for _, message in bad:
+                    log(f"skipped {message}")
+            writer.set_attrs(inputs_done=done)
+            if len(rows):
+                idx = rows.numpy()
+                features, logits = outputs
+                writer.append(features.numpy(), None if logits is None else logits.numpy(), data.labels[idx],
+                              [data.paths[i] for i in idx], **{k: [v[i] for i in idx] for k, v in data.extra.items()})
+            else:
+                writer.h5.flush()
+            if bar is not None:
+                bar.update(len(rows) + len(bad))
+
+        for rows, x, bad in loader:
+            if bad and not skip_bad:
+                if pending is not None:
+                    write(pending)
+                    pending = None
+                raise ImageError(f"{bad[0][1]}; pass --skip_bad to skip unreadable images, then --resume")
+            outputs = _to_host(extractor(x)) if x is not None else ((None, None), None)
+            done = int(max([int(rows.max()) if len(rows) else -1] + [r for r, _ in bad])) + 1
+            if pending is not None:
+                write(pending)
+            pending = (outputs, rows, bad, done)
+        if pending is not None:
+            write(pending)
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - tic
+        writer.set_attrs(num_skipped=int(writer.h5["skipped_paths"].shape[0]) if "skipped_paths" in writer.h5 else 0)
+        rows_written = writer.rows
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return {"rows": rows_written, "skipped": skipped, "seconds": seconds, "images": len(data) - start,
+            "dim": dim, "num_classes": num_classes}
+
+
+def merge_shards(out, shards: List[Path], attrs: dict, extra, overwrite: bool, block: int = 8192):
+    """Concatenate the ranks' shard files, in rank order, into ``out``; the shards are removed afterwards."""
+    files = [FeatureFile(p) for p in shards]
+    try:
+        total = sum(f.n for f in files)
+        first = files[0]
+        writer = FeatureWriter(out, total, first.dim, first.num_classes, dtype=attrs["dtype"], extra=tuple(extra),
+                               attrs=attrs, overwrite=overwrite)
+        try:
+            skipped = []
+            for f in files:
+                for lo, hi, features in f.blocks(block):
+                    writer.append(features, f.read("logits", lo, hi) if f.has("logits") else None,
+                                  f.read("labels", lo, hi), list(f.read("paths", lo, hi)),
+                                  **{k: list(f.read(k, lo, hi)) for k in extra})
+                if f.has("skipped_paths"):
+                    skipped += list(f.read("skipped_paths"))
+            if skipped:
+                _append_skipped(writer.h5, skipped)
+            writer.set_attrs(num_skipped=len(skipped), inputs_done=total + len(skipped))
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        for f in files:
+            f.close()
+    for p in shards:
+        p.unlink()
+
+
+def checkpoint_attrs(checkpoint) -> dict:
+    if checkpoint and os.path.isfile(checkpoint):
+        return {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint)}
+    return {"checkpoint": str(checkpoint or ""), "checkpoint_sha256": ""}
+
+
+def build_backbone(args) -> Backbone:
+    return create_backbone(args.backend, args.model, checkpoint=args.checkpoint, resize=args.resize,
+                           mean=args.mean, std=args.std, pretrained=args.pretrained, num_classes=args.num_classes,
+                           class_names=args.class_names, templates=args.templates)
+
+
+def weights_of(args) -> str:
+    return "checkpoint" if args.checkpoint else ("pretrained" if args.pretrained else "random init")
+
+
+def save_fc(args, backbone: Backbone, log):
+    """ViM's ``--fc_save_path``: the head only; a .pkl path gets ViM's pickled [W, b]."""
+    head = backbone.head()
+    if head is None:
+        raise ValueError(f"{args.model} has no classifier head (for open_clip, pass --class_names)")
+    path = Path(args.fc_save_path)
+    if path.suffix.lower() in (".pkl", ".pickle"):
+        if path.exists() and not args.overwrite:
+            raise FeatureFileError(f"{path}: exists already; pass --overwrite to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(path) + PARTIAL_SUFFIX)
+        with open(tmp, "wb") as f:
+            pickle.dump([head.weight, head.bias], f)
+        os.replace(tmp, path)
+    else:
+        write_fc(path, head.weight, head.bias, head.class_names, overwrite=args.overwrite, model=args.model,
+                 backend=args.backend, weights=weights_of(args), **checkpoint_attrs(args.checkpoint),
+                 **{k: v for k, v in head.attrs.items()})
+    log(f"{path}: head {head.weight.shape[0]} classes x {head.weight.shape[1]} features")
+
+
+def check_head(backbone: Backbone, extractor: Extractor, log):
+    """Warn when the stored head does not reproduce the model's logits (a non-linear or unusual head)."""
+    if backbone.head() is None:
+        return
+    head = backbone.head()
+    x = backbone.transform(Image.new("RGB", (64, 64), (120, 90, 60))).unsqueeze(0)
+    f, z = extractor(x)
+    if z is None:
+        return
+    approx = f.float().cpu().numpy() @ head.weight.T + head.bias
+    err = float(np.abs(approx - z.cpu().numpy()).max())
+    scale = float(np.abs(z.cpu().numpy()).max()) + 1e-6
+    if err > 1e-2 * scale:
+        log(f"warning: the head W, b reproduces the model's logits only to {err:.3g} (logits up to {scale:.3g})")
+
+
+def run(args, log) -> int:
+    dist = Dist.from_env()
+    log = log if dist.rank == 0 else (lambda msg: None)
+    if args.fc_save_path:
+        if dist.rank == 0:
+            backbone = build_backbone(args)
+            backbone.to(resolve_device(args.device, dist))
+            save_fc(args, backbone, log)
+        return 0
+    out = Path(args.out_file)
+    if out.exists() and not args.overwrite:
+        raise FeatureFileError(f"{out}: exists already; pass --overwrite to replace it")
+    data = load_inputs(args.data_root, args.img_list, args.list_format, args.labels)
+    device = resolve_device(args.device, dist)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    backbone = build_backbone(args)
+    extractor = Extractor(backbone, device, args.amp, args.dtype, args.channels_last)
+    attrs = dict(model=args.model, backend=args.backend, weights=weights_of(args), **checkpoint_attrs(args.checkpoint),
+                 preprocess=backbone.preprocess, feature_source=backbone.feature_source,
+                 data_root=str(args.data_root), list_file=str(args.img_list or ""), list_format=args.list_format,
+                 dtype=args.dtype, amp=args.amp)
+    workers = default_workers(dist) if args.workers is None else args.workers
+    common = dict(batch=args.batch, workers=workers, skip_bad=args.skip_bad, progress=not args.quiet and dist.rank == 0,
+                  log=log)
+    if dist.world == 1:
+        check_head(backbone, extractor, log)
+        summary = extract_split(out, data, args.data_root, extractor, attrs, resume=args.resume,
+                                overwrite=args.overwrite, **common)
+    else:
+        summary = run_sharded(out, data, args, extractor, attrs, dist, common, log)
+        if summary is None:
+            return 0
+    rate = summary["images"] / max(summary["seconds"], 1e-9)
+    log(f"{out}: {summary['rows']} rows x {summary['dim']} features"
+        + (f", {summary['num_classes']} logits" if summary["num_classes"] else "")
+        + f"; {rate:.1f} images/s"
+        + (f"; {summary['skipped']} unreadable images skipped (listed in 'skipped_paths')" if summary["skipped"] else ""))
+    return 0
+
+
+def run_sharded(out, data: DataList, args, extractor: Extractor, attrs: dict, dist: Dist, common: dict, log):
+    """torchrun: rank r extracts rows [r N / W, (r+1) N / W) into its shard; rank 0 merges. Needs a shared disk."""
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))  # small messages only: no GPU needed
+    try:
+        shards = [Path(f"{out}.shard{r}-of-{dist.world}") for r in range(dist.world)]
+        mine = shards[dist.rank]
+        status = None
+        summary = None
+        try:
+            if args.resume and mine.exists():
+                log(f"{mine}: complete already")
+                summary = {"rows": 0, "skipped": 0, "seconds": 0.0, "images": 0}
+            else:
+                summary = extract_split(mine, data.subset(np.asarray(dist.shard(len(data)))), args.data_root,
+                                        extractor, attrs, resume=args.resume, overwrite=True, **common)
+        except (ImageError, FeatureFileError, ListFormatError, ValueError, OSError) as e:
+            status = f"rank {dist.rank}: {e}"
+        statuses = [None] * dist.world
+        summaries = [None] * dist.world
+        tdist.all_gather_object(statuses, status)
+        tdist.all_gather_object(summaries, summary)
+        errors = [s for s in statuses if s]
+        if errors:
+            raise ImageError("; ".join(errors))
+        if dist.rank != 0:
+            return None
+        tic = time.perf_counter()
+        merge_shards(out, shards, attrs, data.extra, args.overwrite)
+        seconds = max(s["seconds"] for s in summaries) + time.perf_counter() - tic
+        with FeatureFile(out) as f:
+            return {"rows": f.n, "dim": f.dim, "num_classes": f.num_classes, "seconds": seconds,
+                    "skipped": int(f.attrs.get("num_skipped", 0)), "images": sum(s["images"] for s in summaries)}
+    finally:
+        tdist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="extract_features.py",
+        description="Penultimate features, logits and labels of every image into one HDF5 feature file "
+                    "(or, with --fc_save_path, only the classifier head). Under torchrun, ranks split the list.")
+    p.add_argument("data_root", help="image folder; list paths are relative to it")
+    p.add_argument("out_file", help="output .h5 feature file")
+    p.add_argument("model", nargs="?", help="model name (timm, open_clip, mmpretrain), or a config file "
+                                            "(mmpretrain .py, open_clip .json)")
+    p.add_argument("--backend", choices=BACKENDS, default="timm")
+    p.add_argument("--checkpoint", help="local weights (.pth, .safetensors, .npz; for open_clip also a tag)")
+    p.add_argument("--pretrained", action="store_true", help="timm: load timm's own pretrained weights")
+    p.add_argument("--num_classes", type=int, help="timm: classes of the checkpoint's head (0 = no head)")
+    p.add_argument("--class_names", help="open_clip: file with one class name a line (the zero-shot head)")
+    p.add_argument("--templates", help="open_clip: file with one prompt template a line, '{}' = class name "
+                                       "(default: CLIP's 80 ImageNet templates)")
+    p.add_argument("--img_list", help="list file, 'path [label]' a line; without it every image under data_root")
+    p.add_argument("--list_format", choices=LIST_FORMATS, default="auto", help="format of --img_list")
+    p.add_argument("--labels", choices=("auto", "none"), default="auto",
+                   help="none: store -1 for every image (OOD sets)")
+    p.add_argument("--resize", type=int, metavar="N",
+                   help="ViM preprocessing: plain resize to N x N, ImageNet mean/std (default: the model's own)")
+    p.add_argument("--mean", type=float, nargs=3, help="override the normalisation mean (0-1 scale)")
+    p.add_argument("--std", type=float, nargs=3, help="override the normalisation std (0-1 scale)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: the CPUs, at most 8)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="autocast: auto = bf16 on CUDA, off on CPU")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored features")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its .partial file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--skip_bad", action="store_true", help="skip unreadable images (listed in 'skipped_paths')")
+    p.add_argument("--fc_save_path", help="write only the classifier head (.h5, or .pkl as ViM) and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if not args.model:
+        print("error: a model name is required", file=sys.stderr)
+        return 2
+    if args.batch < 1:
+        print("error: --batch must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return run(args, log)
+    except (ImageError, FeatureFileError, ListFormatError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun with --resume to continue {args.out_file}", file=sys.stderr)
+        return 130
