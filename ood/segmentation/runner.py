@@ -1,0 +1,236 @@
+"""segment_images.py: run a torchvision segmentation model once over images and store per-pixel outputs.
+
+Per image: the score maps of the chosen pixel detectors (float16), the predicted class map and, when the list
+names masks, the ground truth, in one HDF5 file (:mod:`ood.segmentation.store`). Loading, devices, autocast and
+image decoding are extract_features.py's (:mod:`ood.extract`); images of one size are batched together (no
+padding, so every map equals a plain forward of its image), and ``--resume`` continues after the last image
+written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+from ..backbones import file_sha256
+from ..data import LIST_FORMATS, DataList, ListFormatError, decode_imagenet_s_mask
+from ..extract import Dist, ImageDataset, ImageError, autocast, default_workers, load_inputs, resolve_device
+from ..features import PARTIAL_SUFFIX, FeatureFileError
+from .scoremaps import PIXEL_DETECTORS, check_detectors, score_maps
+from .store import SegmentationWriter
+
+MODELS = ("deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50",
+          "fcn_resnet101", "lraspp_mobilenet_v3_large")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def build_model(name: str, num_classes: int, checkpoint: Optional[str] = None) -> torch.nn.Module:
+    """A torchvision segmentation model, random-init or with local weights (auxiliary head dropped)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown segmentation model {name!r}; choose from {', '.join(MODELS)}")
+    model = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None,
+                                                           num_classes=num_classes)
+    if checkpoint:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FeatureFileError(f"{checkpoint}: no such checkpoint") from None
+        except Exception as e:  # pickle, zip and torch errors all mean an unusable file
+            raise FeatureFileError(f"{checkpoint}: not a readable torch checkpoint ({e.__class__.__name__})") from None
+        for key in ("model", "state_dict"):
+            state = state.get(key, state) if isinstance(state, dict) else state
+        state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[:2]
+            raise FeatureFileError(f"{checkpoint}: does not fit {name} with {num_classes} classes: "
+                                   + " ".join(first)) from None
+    return model.eval()
+
+
+def transform(image: Image.Image) -> torch.Tensor:
+    """To a normalised tensor at the image's own size (ImageNet mean and std, as torchvision's weights)."""
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
+def read_label_mask(path) -> np.ndarray:
+    """Class ids of a mask PNG: RGB masks are ImageNet-S coded (R + 256 G), single-channel ones hold the ids."""
+    with Image.open(path) as im:
+        a = np.asarray(im.convert("RGB") if im.mode in ("RGBA", "P") and len(im.getbands()) > 1 else im)
+    return decode_imagenet_s_mask(a) if a.ndim == 3 else a.astype(np.int64)
+
+
+class SegmentationDataset(ImageDataset):
+    """extract_features.py's dataset plus the mask of each image: (row, tensor, error, mask or None)."""
+
+    def __init__(self, root, paths, masks, mask_root, start: int = 0):
+        super().__init__(root, paths, transform, start)
+        self.masks, self.mask_root = masks, str(mask_root)
+
+    def __getitem__(self, i):
+        row, x, error = super().__getitem__(i)
+        mask = None
+        if error is None and self.masks is not None:
+            path = os.path.join(self.mask_root, self.masks[row])
+            try:
+                mask = read_label_mask(path)
+            except Exception as e:  # any decoder failure is reported with the mask's path
+                error = f"{path}: cannot read mask ({e.__class__.__name__}: {e})"
+            else:
+                if mask.shape != tuple(x.shape[1:]):
+                    error = (f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image is "
+                             f"{x.shape[2]}x{x.shape[1]}")
+        return row, x, error, mask
+
+
+def collate(items):
+    bad = [(row, error) for row, _, error, _ in items if error is not None]
+    if bad:
+        raise ImageError(bad[0][1])
+    return items
+
+
+class Segmenter:
+    """One model on one device: images of one size in, float32 score maps and class maps out."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, detectors, amp: str = "auto",
+                 channels_last: bool = True, **params):
+        self.model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self.device, self.detectors, self.amp, self.params = device, check_detectors(detectors), amp, params
+        self.channels_last = channels_last
+
+    def __call__(self, x: torch.Tensor):
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.amp, self.device):
+            logits = self.model(x)["out"]
+        with torch.inference_mode():
+            maps = score_maps(logits, self.detectors, **self.params)
+            pred = logits.argmax(1)
+        return {k: v.cpu().numpy() for k, v in maps.items()}, pred.cpu().numpy()
+
+
+def segment(out, data: DataList, data_root, segmenter: Segmenter, *, mask_root=None, batch: int = 4,
+            workers: int = 0, resume: bool = False, overwrite: bool = False, compression: str = "lzf",
+            attrs: Optional[dict] = None, progress: bool = False, log=lambda msg: None) -> dict:
+    """Segment every image of ``data`` into ``out``; returns a summary (images, pixels, seconds)."""
+    masks = data.extra.get("mask")
+    partial = Path(str(out) + PARTIAL_SUFFIX)
+    resuming = resume and partial.exists()
+    writer = SegmentationWriter(out, len(data), segmenter.detectors, with_gt=masks is not None,
+                                compression=compression, attrs=attrs, resume=resume, overwrite=overwrite)
+    try:
+        start = writer.rows
+        if resuming:
+            if list(writer.h5["paths"].asstr()[:start]) != list(data.paths[:start]):
+                raise FeatureFileError(f"{partial}: cannot resume: its images are not the first of this list")
+            log(f"{partial}: resuming after {start} of {len(data)} images")
+        loader = torch.utils.data.DataLoader(
+            SegmentationDataset(data_root, data.paths, masks, mask_root or data_root, start), batch_size=batch,
+            shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=segmenter.device.type == "cuda")
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(data), initial=start, unit="img", desc=Path(out).name, file=sys.stderr)
+        tic = time.perf_counter()
+        for items in loader:
+            scores = {d: [] for d in segmenter.detectors}
+            preds, gts = [], []
+            sizes = [tuple(item[1].shape[1:]) for item in items]
+            results = {}
+            for size in dict.fromkeys(sizes):  # one forward per image size: no padding
+                group = [item for item, s in zip(items, sizes) if s == size]
+                maps, pred = segmenter(torch.stack([item[1] for item in group]))
+                for j, item in enumerate(group):
+                    results[item[0]] = ({k: v[j] for k, v in maps.items()}, pred[j], item[3])
+            for row, _, _, _ in items:
+                maps, pred, mask = results[row]
+                for d in segmenter.detectors:
+                    scores[d].append(maps[d])
+                preds.append(pred)
+                gts.append(mask)
+            writer.append(scores, preds, gts if masks is not None else None, [data.paths[r] for r, *_ in items])
+            if bar is not None:
+                bar.update(len(items))
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - tic
+        summary = {"images": writer.rows - start, "pixels": writer.pixels, "seconds": seconds}
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="segment_images.py",
+        description="Per-pixel OOD score maps, predicted classes and ground truth of a torchvision segmentation "
+                    "model into one HDF5 file, for evaluate_segmentation.py ood.")
+    p.add_argument("data_root", help="image folder; list paths are relative to it")
+    p.add_argument("out_file", help="output .h5 file")
+    p.add_argument("model", choices=MODELS)
+    p.add_argument("--checkpoint", help="local weights (a state dict; torchvision's aux head is ignored)")
+    p.add_argument("--num_classes", type=int, default=21, help="classes of the model's head")
+    p.add_argument("--detectors", default=",".join(PIXEL_DETECTORS), help="comma list of pixel detectors")
+    p.add_argument("--img_list", help="list file (any datalists format; a mask column adds the ground truth); "
+                                      "without it every image under data_root")
+    p.add_argument("--list_format", choices=LIST_FORMATS, default="auto", help="format of --img_list")
+    p.add_argument("--mask_root", help="folder the list's mask paths are relative to (default: data_root)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: the CPUs, at most 8)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="autocast: auto = bf16 on CUDA, off on CPU")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compression", choices=("lzf", "gzip"), default="lzf")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its .partial file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        if args.batch < 1:
+            raise ValueError("--batch must be at least 1")
+        detectors = check_detectors(args.detectors.split(","))
+        if Path(args.out_file).exists() and not args.overwrite:
+            raise FeatureFileError(f"{args.out_file}: exists already; pass --overwrite to replace it")
+        data = load_inputs(args.data_root, args.img_list, args.list_format, "none")
+        dist = Dist()
+        device = resolve_device(args.device, dist)
+        model = build_model(args.model, args.num_classes, args.checkpoint)
+        segmenter = Segmenter(model, device, detectors, args.amp, args.channels_last)
+        attrs = dict(model=args.model, backend="torchvision", num_classes=args.num_classes,
+                     checkpoint=str(args.checkpoint or ""),
+                     checkpoint_sha256=file_sha256(args.checkpoint) if args.checkpoint else "",
+                     data_root=str(args.data_root), list_file=str(args.img_list or ""), amp=args.amp,
+                     preprocess={"size": "original", "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+        summary = segment(args.out_file, data, args.data_root, segmenter, mask_root=args.mask_root,
+                          batch=args.batch, workers=default_workers(dist) if args.workers is None else args.workers,
+                          resume=args.resume, overwrite=args.overwrite, compression=args.compression, attrs=attrs,
+                          progress=not args.quiet, log=log)
+    except (ImageError, FeatureFileError, ListFormatError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun with --resume to continue {args.out_file}", file=sys.stderr)
+        return 130
+    log(f"{args.out_file}: {summary['images']} images, {summary['pixels']} pixels; "
+        f"{summary['images'] / max(summary['seconds'], 1e-9):.2f} images/s")
+    return 0
