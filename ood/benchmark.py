@@ -73,6 +73,7 @@ def load_inputs(fc, train, test, oods: Sequence, device="cpu", train_label=None,
     device = resolve_device(device)
     head = read_head(fc)
     tr = load_split("train", train, head, device)
+    tr.keep_logits = False  # N x C train logits are streamed where needed, never kept
     inputs = Inputs(head, tr, load_split("id", test, head, device),
                     [load_split(Path(p).stem, p, head, device) for p in oods])
     if train_label is not None:

@@ -48,6 +48,7 @@ class Split:
                                    f"{head.num_classes} classes")
         self._labels = labels
         self._memo: dict = {}
+        self.keep_logits = True
         self.extras: dict = {}
 
     @classmethod
@@ -137,14 +138,15 @@ class Split:
                ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(lo, hi, tensor on device) over the rows of ``features`` or ``logits``.
 
-        Logits stream without being kept: from memory if already kept, else from the file, else from the head.
+        Logits are kept for the run (``keep_logits``, the default) or streamed without being kept: from the
+        file when it has them, else from the head (the benchmark streams the train split's N x C logits).
         """
         rows = rows or self.block_rows()
         for lo in range(0, self.n, rows):
             hi = min(self.n, lo + rows)
             if source == "features":
                 yield lo, hi, self.tensor(self.features[lo:hi])
-            elif "logits" in self._memo or not (self.source.has("logits") or "features" in self._memo):
+            elif self.keep_logits or "logits" in self._memo:
                 yield lo, hi, self.tensor(self.logits[lo:hi])
             elif self.source.has("logits"):
                 yield lo, hi, self.tensor(self._checked_logits(self.source.read("logits", lo, hi)))
