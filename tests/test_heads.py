@@ -172,3 +172,41 @@ def test_cli_rejects_unlabelled_train_rows(tmp_path, capsys):
     assert heads_main(["train", str(tmp_path / "train.h5"), str(tmp_path / "h.h5"), "--groups", "kmeans:2",
                        "--device", "cpu", "--quiet", "--num_classes", str(C)]) == 2
     assert "train labels outside" in capsys.readouterr().err
+
+
+def test_zeroshot_head_from_a_random_init_open_clip_model(tmp_path, capsys):
+    import json
+
+    import open_clip
+
+    config = {"embed_dim": 16,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "tinyclip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "tinyclip.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("tinyclip").eval()
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    names = ["cat", "dog", "red fox"]
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+    templates = ["a photo of a {}.", "a drawing of the {}."]
+    (tmp_path / "templates.txt").write_text("\n".join(templates) + "\n")
+    out = tmp_path / "zs.h5"
+    assert heads_main(["zeroshot", str(tmp_path / "tinyclip.json"), "--checkpoint", str(tmp_path / "tiny.pt"),
+                       "--class_names", str(tmp_path / "classes.txt"), "--templates", str(tmp_path / "templates.txt"),
+                       str(out), "--device", "cpu"]) == 0
+    assert "zero-shot head, 3 classes" in capsys.readouterr().out
+    head = read_head(out)
+    scale = float(model.logit_scale.detach().exp())
+    assert head.attrs["logit_scale"] == pytest.approx(scale)
+    assert head.class_names == names and head.attrs["backend"] == "open_clip"
+    tokenizer = open_clip.get_tokenizer("tinyclip")
+    want = []
+    with torch.no_grad():
+        for name in names:
+            e = model.encode_text(tokenizer([t.format(name) for t in templates])).double().numpy()
+            e /= np.linalg.norm(e, axis=1, keepdims=True)
+            m = e.mean(0)
+            want.append(scale * m / np.linalg.norm(m))
+    np.testing.assert_allclose(head.weight, np.array(want), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(head.bias, 0)

@@ -2,9 +2,9 @@
 Vision-Language Representations").
 
 score = max_c softmax(cos(h, t_c) / T), with t_c the text embedding of class c's prompts and T = 1 by default.
-A CLIP zero-shot fc head stores W = logit_scale * t_c / |t_c| and b = 0, with ``logit_scale`` as a root
-attribute of the fc file, so the cosines are (h / |h|) (W / logit_scale)^T. A head without that attribute is
-not a zero-shot head and is refused.
+A CLIP zero-shot fc head stores W = logit_scale * t_c / |t_c| (b = 0, or SigLIP's logit bias, which the
+cosines leave out), with ``logit_scale`` as a root attribute of the fc file, so the cosines are
+(h / |h|) (W / logit_scale)^T. A head without that attribute is not a zero-shot head and is refused.
 """
 from __future__ import annotations
 
