@@ -110,7 +110,10 @@ class PixelHistogram:
         if lo < self.lo or hi > self.hi:
             raise ValueError(f"{source}: score {lo if lo < self.lo else hi:g} is outside the histogram range "
                              f"[{self.lo:g}, {self.hi:g}]; widen --range")
-        k = np.searchsorted(self.edges[1:-1], s, side="left")
+        s = s.astype(np.float64)
+        k = np.clip(np.ceil((s - self.lo) * (self.bins / (self.hi - self.lo))).astype(np.int64) - 1, 0, self.bins - 1)
+        k -= (k > 0) & (s <= self.edges[k])  # exact right-closed bins despite rounding in the division
+        k += (k < self.bins - 1) & (s > self.edges[k + 1])
         self.counts += np.bincount(k + self.bins * y, minlength=2 * self.bins).reshape(2, self.bins)
 
     def metrics(self) -> dict:
