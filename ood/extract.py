@@ -135,9 +135,11 @@ def autocast(amp: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def default_workers(dist: Dist) -> int:
+def default_workers(dist: Dist, device: torch.device) -> int:
+    """The CPUs of this rank, at most 8; on a CPU device half of them, as the model needs the rest."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cpus // max(1, dist.local_world)))
+    cpus = max(1, cpus // max(1, dist.local_world))
+    return max(1, min(8, cpus if device.type == "cuda" else cpus // 2))
 
 
 class Extractor:
@@ -210,6 +212,8 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
                            attrs=attrs, resume=resume, overwrite=overwrite)
     try:
         start = _check_resume(writer, attrs, data) if resuming else 0
+        if data.classes and "classes" not in writer.h5:
+            writer.h5.create_dataset("classes", data=list(data.classes), dtype=_STR)
         if resuming:
             log(f"{partial}: resuming after {start} of {len(data)} images")
         loader = torch.utils.data.DataLoader(
@@ -291,6 +295,8 @@ def merge_shards(out, shards: List[Path], attrs: dict, extra, overwrite: bool, b
                     skipped += list(f.read("skipped_paths"))
             if skipped:
                 _append_skipped(writer.h5, skipped)
+            if first.has("classes"):
+                writer.h5.create_dataset("classes", data=list(first.read("classes")), dtype=_STR)
             writer.set_attrs(num_skipped=len(skipped), inputs_done=total + len(skipped))
             writer.close()
         except BaseException:
@@ -378,7 +384,7 @@ def run(args, log) -> int:
                  preprocess=backbone.preprocess, feature_source=backbone.feature_source,
                  data_root=str(args.data_root), list_file=str(args.img_list or ""), list_format=args.list_format,
                  dtype=args.dtype, amp=args.amp)
-    workers = default_workers(dist) if args.workers is None else args.workers
+    workers = default_workers(dist, device) if args.workers is None else args.workers
     common = dict(batch=args.batch, workers=workers, skip_bad=args.skip_bad, progress=not args.quiet and dist.rank == 0,
                   log=log)
     if dist.world == 1:
@@ -463,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, nargs=3, help="override the normalisation mean (0-1 scale)")
     p.add_argument("--std", type=float, nargs=3, help="override the normalisation std (0-1 scale)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--workers", type=int, help="DataLoader workers (default: the CPUs, at most 8)")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: the CPUs, at most 8; half on CPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="autocast: auto = bf16 on CUDA, off on CPU")

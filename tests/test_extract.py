@@ -93,6 +93,7 @@ def test_timm_folder_rows_equal_direct_forward(folder, timm_model, tmp_path):
     assert data["features"].dtype == np.float32 and data["labels"].dtype == np.int64
     # class folders sorted: cat = 0, dog = 1
     np.testing.assert_array_equal(data["labels"], [0 if p.startswith("cat/") else 1 for p in paths])
+    assert [c.decode() for c in data["classes"]] == ["cat", "dog"]
     assert attrs["complete"] and attrs["format"] == "ood-features" and attrs["version"] == 1
     assert attrs["model"] == "test_resnet" and attrs["backend"] == "timm"
     assert attrs["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
