@@ -2,14 +2,13 @@
 import numpy as np
 import pytest
 import torch
-from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
 from ood.features import read_head, write_features
 from ood.heads import GroupHead, GroupScorer, group_accuracy, kmeans_groups, read_group_head, read_groups, train_head
 from ood.heads.__main__ import main as heads_main
-from ood.heads.groups import group_loss, one_hot
-from ood.heads.train import bit_schedule, learning_rate, schedule
+from ood.heads.groups import group_loss_grad, one_hot
+from ood.heads.train import bit_schedule, learning_rate, schedule, softmax_loss_grad
 
 C, D, G = 12, 32, 3
 
@@ -58,22 +57,35 @@ def test_training_is_deterministic_with_seed(trained):
     assert not np.array_equal(head.weight, other.weight)
 
 
-def test_group_loss_matches_per_sample_cross_entropy():
+def test_group_loss_and_gradients_match_per_sample_cross_entropy():
     rng = np.random.default_rng(2)
     g = np.array([2, 0, 1, 0, 2, 2, 1])
-    z = rng.normal(size=(9, 7)) * 20
-    o = rng.normal(size=(9, 3)) * 20
+    z = torch.tensor(rng.normal(size=(9, 7)) * 20, requires_grad=True)
+    o = torch.tensor(rng.normal(size=(9, 3)) * 20, requires_grad=True)
     y = rng.integers(0, 7, 9)
-    want = 0.0
+    slow = 0.0
     for i in range(9):
         for k in range(3):
             members = np.flatnonzero(g == k)
-            logits = np.r_[o[i, k], z[i, members]]
+            logits = torch.cat([o[i, k:k + 1], z[i, members]])
             target = 1 + int(np.flatnonzero(members == y[i])[0]) if g[y[i]] == k else 0
-            want += logsumexp(logits) - logits[target]
+            slow = slow + torch.logsumexp(logits, 0) - logits[target]
+    slow = slow / 9
+    slow.backward()
     gt = torch.as_tensor(g)
-    got = group_loss(torch.as_tensor(z), torch.as_tensor(o), torch.as_tensor(y), gt, one_hot(gt, 3, torch.float64))
-    np.testing.assert_allclose(float(got), want / 9, rtol=1e-10)
+    loss, dz, do = group_loss_grad(z.detach(), o.detach(), torch.as_tensor(y), gt, one_hot(gt, 3, torch.float64))
+    np.testing.assert_allclose(float(loss), slow.item(), rtol=1e-10)
+    np.testing.assert_allclose(dz.numpy(), z.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(do.numpy(), o.grad.numpy(), atol=1e-12)
+
+
+def test_flat_loss_gradient_matches_autograd():
+    z = torch.tensor(np.random.default_rng(8).normal(size=(6, 5)) * 10, requires_grad=True)
+    y = torch.tensor([0, 4, 2, 2, 1, 3])
+    torch.nn.functional.cross_entropy(z, y).backward()
+    loss, dz = softmax_loss_grad(z.detach(), y)
+    assert float(loss) == pytest.approx(torch.nn.functional.cross_entropy(z, y).item(), rel=1e-12)
+    np.testing.assert_allclose(dz.numpy(), z.grad.numpy(), atol=1e-12)
 
 
 def test_schedule_follows_the_bit_hyperrule():

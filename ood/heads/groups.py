@@ -123,15 +123,21 @@ def kmeans_groups(class_means: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- math
 
 
+def _group_exp(z, o, group_of_class, onehot):
+    """Per-group max m [B, G], exp(z - m_group) [B, C], exp(o - m) [B, G] and their per-group sums s [B, G]."""
+    idx = group_of_class.expand(z.shape[0], -1)
+    m = o.scatter_reduce(1, idx, z, reduce="amax", include_self=True)
+    ez, eo = torch.exp(z - m.gather(1, idx)), torch.exp(o - m)
+    return m, ez, eo, eo + ez @ onehot
+
+
 def group_lse(z: torch.Tensor, o: torch.Tensor, group_of_class: torch.Tensor, onehot: torch.Tensor
               ) -> torch.Tensor:
     """logsumexp over each group's softmax inputs (its "others" logit and its class logits): [B, G].
 
     ``onehot`` [C, G] is ``group_of_class`` one-hot; the per-group maximum keeps every exp in range.
     """
-    idx = group_of_class.expand(z.shape[0], -1)
-    m = o.detach().scatter_reduce(1, idx, z.detach(), reduce="amax", include_self=True)
-    s = torch.exp(o - m) + torch.exp(z - m.gather(1, idx)) @ onehot
+    m, _, _, s = _group_exp(z, o, group_of_class, onehot)
     return m + torch.log(s)
 
 
@@ -139,13 +145,24 @@ def one_hot(group_of_class: torch.Tensor, num_groups: int, dtype=torch.float32) 
     return torch.nn.functional.one_hot(group_of_class, num_groups).to(dtype)
 
 
-def group_loss(z, o, labels, group_of_class, onehot) -> torch.Tensor:
-    """MOS loss, mean over the batch: cross-entropy summed over groups, where the sample's own group
-    targets its class and every other group targets "others"."""
-    lse = group_lse(z, o, group_of_class, onehot)
+def group_loss_grad(z, o, labels, group_of_class, onehot):
+    """MOS loss, mean over the batch, and its gradients with respect to z and o: (loss, dz, do).
+
+    The loss is the cross-entropy summed over groups, where the sample's own group targets its class and every
+    other group targets "others". Its gradient is each group's softmax minus that group's one-hot target, so
+    no autograd graph is needed (two matrix products a step: logits and the weight gradient).
+    """
+    B = z.shape[0]
+    rows = torch.arange(B, device=z.device)
     own = group_of_class[labels]
-    target = o.sum(1) - o.gather(1, own[:, None]).squeeze(1) + z.gather(1, labels[:, None]).squeeze(1)
-    return (lse.sum(1) - target).mean()
+    m, ez, eo, s = _group_exp(z, o, group_of_class, onehot)
+    target = o.sum(1) - o[rows, own] + z[rows, labels]
+    loss = (m + torch.log(s)).sum(1).sub(target).mean()
+    dz = ez / s.gather(1, group_of_class.expand(B, -1))
+    dz[rows, labels] -= 1
+    do = eo / s - 1
+    do[rows, own] += 1
+    return loss, dz / B, do / B
 
 
 class GroupScorer:

@@ -18,7 +18,7 @@ import torch
 
 from ..features import Head
 from ..split import resolve_device
-from .groups import GroupHead, group_loss, one_hot
+from .groups import GroupHead, group_loss_grad, one_hot
 
 BATCH = 512
 BASE_LR = 0.003
@@ -64,10 +64,23 @@ def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int, rows
     return sums.numpy() / counts[:, None]
 
 
+def softmax_loss_grad(z: torch.Tensor, labels: torch.Tensor):
+    """Cross-entropy, mean over the batch, and its gradient softmax(z) - onehot(y) with respect to z."""
+    rows = torch.arange(z.shape[0], device=z.device)
+    lse = torch.logsumexp(z, 1)
+    dz = torch.exp(z - lse[:, None])
+    dz[rows, labels] -= 1
+    return (lse - z[rows, labels]).mean(), dz / z.shape[0]
+
+
 def train_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
                group_of_class: Optional[np.ndarray] = None, *, epochs: Optional[float] = None, seed: int = 0,
                device: str = "auto", batch_size: int = BATCH, base_lr: float = BASE_LR, progress: bool = False):
-    """Train a flat (``group_of_class=None``) or group-softmax head; returns (Head or GroupHead, recipe dict)."""
+    """Train a flat (``group_of_class=None``) or group-softmax head; returns (Head or GroupHead, recipe dict).
+
+    The loss gradients with respect to the logits have closed forms, so a step is two matrix products (logits,
+    weight gradient) and an SGD update, with no autograd graph.
+    """
     n, d = features.shape
     C = num_classes
     G = 0 if group_of_class is None else int(np.max(group_of_class)) + 1
@@ -77,17 +90,18 @@ def train_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
 
     x = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32)).to(dev)
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64)).to(dev)
-    weight = torch.zeros(C + G, d, device=dev, requires_grad=True)
-    bias = torch.zeros(C + G, device=dev, requires_grad=True)
+    weight = torch.zeros(C + G, d, device=dev)
+    bias = torch.zeros(C + G, device=dev)
     opt = torch.optim.SGD([weight, bias], lr=base_lr, momentum=MOMENTUM)
     if G:
         g = torch.as_tensor(group_of_class, device=dev)
         onehot = one_hot(g, G)
 
-    def loss_of(out, target):
+    def loss_grad(out, target):
         if not G:
-            return torch.nn.functional.cross_entropy(out, target)
-        return group_loss(out[:, :C], out[:, C:], target, g, onehot)
+            return softmax_loss_grad(out, target)
+        loss, dz, do = group_loss_grad(out[:, :C], out[:, C:], target, g, onehot)
+        return loss, torch.cat([dz, do], 1)
 
     from tqdm import tqdm
     bar = tqdm(total=steps[-1], desc="train head", unit="step", file=sys.stderr, disable=not progress)
@@ -99,9 +113,9 @@ def train_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
         pos += batch_size
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, base_lr)
-        loss = loss_of(torch.addmm(bias, x[idx], weight.T), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        xb = x[idx]
+        loss, dout = loss_grad(torch.addmm(bias, xb, weight.T), y[idx])
+        weight.grad, bias.grad = dout.T @ xb, dout.sum(0)
         opt.step()
         if progress and (step % 20 == 0 or step == steps[-1] - 1):
             value = float(loss)
@@ -110,8 +124,8 @@ def train_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
         bar.update(1)
     bar.close()
 
-    w = weight.detach().cpu().numpy()
-    b = bias.detach().cpu().numpy()
+    w = weight.cpu().numpy()
+    b = bias.cpu().numpy()
     recipe = {"steps": steps, "batch_size": batch_size, "base_lr": base_lr, "momentum": MOMENTUM,
               "weight_decay": 0.0, "init": "zeros", "seed": seed, "epochs": epochs, "train_rows": n}
     if not G:
