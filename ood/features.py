@@ -64,39 +64,77 @@ def base_attrs(**attrs) -> dict:
 # --------------------------------------------------------------------------------------------- writing
 
 
-class FeatureWriter:
-    """Streams rows into ``<path>.partial`` and renames it to ``path`` on :meth:`close`.
+class RowFileWriter:
+    """The write protocol of every file written item by item (feature files, segmentation score maps).
 
-    ``total`` rows are preallocated; ``rows_written`` (an attribute flushed after every append) says how many
-    are valid, so ``resume=True`` reopens an interrupted partial file and continues after its last full batch.
-    ``extra`` names string columns stored next to ``paths`` (e.g. superclass, mask path).
+    Writes go to ``<path>.partial``; ``rows_written`` (flushed after each batch) counts the items fully in;
+    :meth:`finish` marks the file complete and renames it into place; :meth:`abort` leaves the partial file
+    for ``resume=True``, which reopens it (``self.resumed``) so the subclass continues after ``self.rows``.
     """
 
-    def __init__(self, path, total: int, dim: int, num_classes: Optional[int] = None, *,
-                 dtype: str = "float32", extra: Sequence[str] = (), attrs: Optional[Mapping] = None,
-                 resume: bool = False, overwrite: bool = False):
+    format, version = FORMAT, VERSION
+
+    def __init__(self, path, *, attrs: Optional[Mapping] = None, resume: bool = False, overwrite: bool = False):
         self.path = Path(path)
         self.tmp = Path(str(self.path) + PARTIAL_SUFFIX)
-        if dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
         if self.path.exists() and not overwrite:
             raise _err(self.path, "exists already; pass --overwrite to replace it")
-        self.total = int(total)
-        self.extra = tuple(extra)
-        if resume and self.tmp.exists():
+        self.resumed = bool(resume and self.tmp.exists())
+        if self.resumed:
             self.h5 = h5py.File(self.tmp, "r+")
-            got = (self.h5["features"].shape[1], self.h5["features"].shape[0])
-            if got != (dim, self.total):
-                raise _err(self.tmp, f"cannot resume: it holds {got[1]} rows of width {got[0]}, "
-                                     f"this run has {self.total} rows of width {dim}")
             self.rows = int(self.h5.attrs.get("rows_written", 0))
             return
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self.h5 = h5py.File(self.tmp, "w")
         for key, value in base_attrs(**(attrs or {})).items():
             self.h5.attrs[key] = value
-        self.h5.attrs["complete"] = False
-        self.h5.attrs["rows_written"] = 0
+        self.h5.attrs.update({"format": self.format, "version": self.version, "complete": False,
+                              "rows_written": 0})
+        self.rows = 0
+
+    def commit_rows(self, rows: int):
+        """Record that the first ``rows`` items are fully written (flushed last, so a crash never counts half)."""
+        self.rows = rows
+        self.h5.attrs["rows_written"] = rows
+        self.h5.flush()
+
+    def set_attrs(self, **attrs):
+        for key, value in attrs.items():
+            self.h5.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+
+    def finish(self):
+        """Mark complete and rename into place."""
+        self.h5.attrs["complete"] = True
+        self.h5.attrs["rows_written"] = self.rows
+        self.h5.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self):
+        """Close the partial file and leave it for --resume."""
+        self.h5.close()
+
+
+class FeatureWriter(RowFileWriter):
+    """Streams rows of a feature file; ``total`` rows are preallocated and trimmed to those written on close.
+
+    ``extra`` names string columns stored next to ``paths`` (e.g. superclass, mask path).
+    """
+
+    def __init__(self, path, total: int, dim: int, num_classes: Optional[int] = None, *,
+                 dtype: str = "float32", extra: Sequence[str] = (), attrs: Optional[Mapping] = None,
+                 resume: bool = False, overwrite: bool = False):
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+        super().__init__(path, attrs=attrs, resume=resume, overwrite=overwrite)
+        self.total = int(total)
+        self.extra = tuple(extra)
+        if self.resumed:
+            got = (self.h5["features"].shape[1], self.h5["features"].shape[0])
+            if got != (dim, self.total):
+                self.h5.close()
+                raise _err(self.tmp, f"cannot resume: it holds {got[1]} rows of width {got[0]}, "
+                                     f"this run has {self.total} rows of width {dim}")
+            return
         chunk = max(1, min(CHUNK_ROWS, self.total))
         n = self.total
         self.h5.create_dataset("features", (n, dim), dtype=dtype, maxshape=(None, dim), chunks=(chunk, dim))
@@ -106,7 +144,6 @@ class FeatureWriter:
         self.h5.create_dataset("labels", (n,), dtype="int64", maxshape=(None,), chunks=(chunk,), fillvalue=-1)
         for name in ("paths",) + self.extra:
             self.h5.create_dataset(name, (n,), dtype=_STR, maxshape=(None,), chunks=(chunk,))
-        self.rows = 0
 
     def append(self, features, logits=None, labels=None, paths: Sequence[str] = (), **extra):
         """Write the next rows; the row counter is flushed last, so a crash never counts half a batch."""
@@ -124,27 +161,14 @@ class FeatureWriter:
             self.h5["paths"][lo:hi] = list(paths)
         for name, values in extra.items():
             self.h5[name][lo:hi] = [str(v) for v in values]
-        self.rows = hi
-        self.h5.attrs["rows_written"] = hi
-        self.h5.flush()
-
-    def set_attrs(self, **attrs):
-        for key, value in attrs.items():
-            self.h5.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+        self.commit_rows(hi)
 
     def close(self):
         """Trim the row datasets to the rows written, mark complete and rename into place."""
         for name in ("features", "logits", "labels", "paths") + self.extra:
             if name in self.h5 and self.h5[name].shape[0] != self.rows:
                 self.h5[name].resize(self.rows, axis=0)
-        self.h5.attrs["complete"] = True
-        self.h5.attrs["rows_written"] = self.rows
-        self.h5.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self):
-        """Close the partial file and leave it for --resume."""
-        self.h5.close()
+        self.finish()
 
 
 def write_features(path, features, logits=None, labels=None, paths=None, *, dtype="float32",
@@ -188,25 +212,27 @@ def write_fc(path, weight, bias, class_names: Optional[Sequence[str]] = None, *,
 # --------------------------------------------------------------------------------------------- reading
 
 
-def _open_h5(path) -> h5py.File:
+def open_h5(path, fmt: str = FORMAT, version: int = VERSION) -> h5py.File:
+    """Open a complete file of format ``fmt`` for reading, or raise one line naming the file and the problem."""
     path = Path(path)
     if not path.exists():
         if Path(str(path) + PARTIAL_SUFFIX).exists():
-            raise _err(path, "missing; only an incomplete .partial file exists (rerun the extraction with --resume)")
+            raise _err(path, "missing; only an incomplete .partial file exists (the run stopped: rerun it with "
+                             "--resume)")
         raise _err(path, "no such file")
     try:
         h5 = h5py.File(path, "r")
     except OSError as e:
         raise _err(path, f"not a readable HDF5 file (truncated or corrupt?): {e.__class__.__name__}") from None
-    if h5.attrs.get("format", FORMAT) != FORMAT:
+    if h5.attrs.get("format", fmt) != fmt:
         h5.close()
-        raise _err(path, f"format attribute is {h5.attrs.get('format')!r}, expected {FORMAT!r}")
-    if int(h5.attrs.get("version", VERSION)) > VERSION:
+        raise _err(path, f"format attribute is {h5.attrs.get('format')!r}, expected {fmt!r}")
+    if int(h5.attrs.get("version", version)) > version:
         h5.close()
-        raise _err(path, f"format version {h5.attrs.get('version')} is newer than this reader ({VERSION})")
+        raise _err(path, f"format version {h5.attrs.get('version')} is newer than this reader ({version})")
     if not bool(h5.attrs.get("complete", True)):
         h5.close()
-        raise _err(path, "incomplete: its 'complete' attribute is false (extraction stopped; rerun with --resume)")
+        raise _err(path, "incomplete: its 'complete' attribute is false (the run stopped: rerun it with --resume)")
     return h5
 
 
@@ -243,7 +269,7 @@ class FeatureFile:
             self._mem["features"] = arr
             self.attrs = {}
         else:
-            self._h5 = _open_h5(path)
+            self._h5 = open_h5(path)
             self.attrs = dict(self._h5.attrs)
             if "features" not in self._h5:
                 raise _err(path, "has no 'features' dataset (is it an fc head file?)")
@@ -340,7 +366,7 @@ def read_head(path) -> Head:
         attrs = {}
         names = None
     else:
-        with _open_h5(path) as h5:
+        with open_h5(path) as h5:
             if "fc/weight" not in h5 or "fc/bias" not in h5:
                 raise _err(path, "has no fc/weight and fc/bias (not an fc head file)")
             w = h5["fc/weight"][()].astype(np.float32)

@@ -11,14 +11,13 @@ complete; each score dataset carries ``min`` and ``max`` attributes (the streami
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
 import h5py
 import numpy as np
 
-from ..features import PARTIAL_SUFFIX, FeatureFileError, base_attrs
+from ..features import FeatureFileError, RowFileWriter, open_h5
 
 FORMAT = "ood-segmentation"
 VERSION = 1
@@ -30,37 +29,30 @@ def _err(path, problem: str) -> FeatureFileError:
     return FeatureFileError(f"{path}: {problem}")
 
 
-class SegmentationWriter:
+class SegmentationWriter(RowFileWriter):
     """Streams images into ``<path>.partial``; ``resume=True`` continues after the last complete image."""
+
+    format, version = FORMAT, VERSION
 
     def __init__(self, path, total: int, detectors: Sequence[str], *, with_gt: bool = False,
                  compression: str = "lzf", attrs: Optional[Mapping] = None, resume: bool = False,
                  overwrite: bool = False):
-        self.path = Path(path)
-        self.tmp = Path(str(self.path) + PARTIAL_SUFFIX)
-        if self.path.exists() and not overwrite:
-            raise _err(self.path, "exists already; pass --overwrite to replace it")
         if compression not in ("lzf", "gzip"):
             raise ValueError(f"compression must be lzf or gzip, got {compression!r}")
         self.detectors = list(detectors)
         self.with_gt = with_gt
-        if resume and self.tmp.exists():
-            self.h5 = h5py.File(self.tmp, "r+")
+        super().__init__(path, attrs={**(attrs or {}), "detectors": self.detectors}, resume=resume,
+                         overwrite=overwrite)
+        if self.resumed:
             got = json.loads(self.h5.attrs["detectors"]), len(self.h5["shapes"]), "gt" in self.h5
             if got != (self.detectors, int(total), with_gt):
+                self.h5.close()
                 raise _err(self.tmp, f"cannot resume: it holds {got[1]} images with detectors {got[0]} "
                                      f"(gt: {got[2]}), this run has {total} with {self.detectors} (gt: {with_gt})")
-            self.rows = int(self.h5.attrs["rows_written"])
             self.pixels = int(self.h5["offsets"][self.rows])
             self._range = {d: [float(self.h5[f"scores/{d}"].attrs["min"]), float(self.h5[f"scores/{d}"].attrs["max"])]
                            for d in self.detectors}
             return
-        self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        self.h5 = h5py.File(self.tmp, "w")
-        for key, value in base_attrs(**(attrs or {})).items():
-            self.h5.attrs[key] = value
-        self.h5.attrs.update({"format": FORMAT, "version": VERSION, "complete": False, "rows_written": 0,
-                              "detectors": json.dumps(self.detectors)})
         n = int(total)
         self.h5.create_dataset("offsets", data=np.zeros(n + 1, np.int64))
         self.h5.create_dataset("shapes", data=np.zeros((n, 2), np.int32))
@@ -71,7 +63,7 @@ class SegmentationWriter:
         self.h5.create_dataset("pred", (0,), dtype="int16", **opts)
         if with_gt:
             self.h5.create_dataset("gt", (0,), dtype="int16", **opts)
-        self.rows, self.pixels = 0, 0
+        self.pixels = 0
         self._range = {d: [np.inf, -np.inf] for d in self.detectors}
 
     def append(self, scores: Mapping[str, Sequence[np.ndarray]], pred: Sequence[np.ndarray],
@@ -109,21 +101,14 @@ class SegmentationWriter:
             self.h5["paths"][lo:hi] = list(paths)
         for d in self.detectors:
             self.h5[f"scores/{d}"].attrs.update({"min": self._range[d][0], "max": self._range[d][1]})
-        self.rows, self.pixels = hi, end
-        self.h5.attrs["rows_written"] = hi
-        self.h5.flush()
+        self.pixels = end
+        self.commit_rows(hi)
 
     def close(self):
         """Mark complete and rename into place."""
         if self.rows != len(self.h5["shapes"]):
             raise ValueError(f"{self.tmp}: {self.rows} of {len(self.h5['shapes'])} images written")
-        self.h5.attrs["complete"] = True
-        self.h5.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self):
-        """Close the partial file and leave it for --resume."""
-        self.h5.close()
+        self.finish()
 
 
 def write_segmentation(path, scores: Mapping[str, Sequence[np.ndarray]], pred, gt=None, paths=(), **attrs):
@@ -138,18 +123,7 @@ class SegmentationFile:
 
     def __init__(self, path):
         self.path = Path(path)
-        if not self.path.exists():
-            extra = " (only a .partial file: rerun with --resume)" if Path(str(path) + PARTIAL_SUFFIX).exists() else ""
-            raise _err(path, "no such file" + extra)
-        try:
-            self.h5 = h5py.File(self.path, "r")
-        except OSError as e:
-            raise _err(path, f"not a readable HDF5 file (truncated or corrupt?): {e.__class__.__name__}") from None
-        if self.h5.attrs.get("format") != FORMAT:
-            raise _err(path, f"format attribute is {self.h5.attrs.get('format')!r}, expected {FORMAT!r} "
-                             "(written by segment_images.py)")
-        if not bool(self.h5.attrs.get("complete", False)):
-            raise _err(path, "incomplete: segment_images.py stopped; rerun it with --resume")
+        self.h5 = open_h5(path, FORMAT, VERSION)
         self.detectors = json.loads(self.h5.attrs["detectors"])
         self.offsets = self.h5["offsets"][()]
         self.shapes = self.h5["shapes"][()]
