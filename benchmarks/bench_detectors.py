@@ -79,6 +79,12 @@ def flops(name, n_tr, n_s, C, D, dim):
         "vim": 2 * n_tr * D * D + 2 * n_tr * D * C + 2 * (n_tr + n_s) * D * (D - dim) + eig,
         "mahalanobis": eig + 2 * n_s * D * D + 2 * n_s * D * C,
         "kl_matching": 2 * n_s * C * C,
+        "knn": 2 * n_tr * n_s * D,
+        "nnguide": 2 * n_tr * D * C + 2 * -(-n_tr // 100) * n_s * D,
+        **{m: logits for m in ("ash_p", "ash_b", "ash_s", "scale", "vra", "dice", "nusa")},
+        "fdbd": 2 * logits,
+        "neco": eig + 2 * n_s * D * D,
+        "rmd": 2 * eig + 4 * n_s * D * D + 2 * n_s * D * C,
     }
     return table.get(name)
 
@@ -88,6 +94,8 @@ def main():
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every split size (0.1 for a quick look)")
     ap.add_argument("--methods", help="comma list (default: all registered)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tune", action="store_true", help="also time the full tuning sweep (ood.tuning) of the "
+                    "methods, ID validation = 10%% of the ID test split, OOD validation = the first OOD set")
     args = ap.parse_args()
     device = resolve_device(args.device)
     C, D = 1000, 2048
@@ -99,6 +107,7 @@ def main():
     inputs = Inputs(head, Split.from_arrays("train", *train[:1], head, labels=train[1], device=device),
                     Split.from_arrays("id", test[0], head, labels=test[1], device=device),
                     [Split.from_arrays(f"ood{k}", x, head, device=device) for k, (x, _) in enumerate(oods)])
+    inputs.train.keep_logits = False  # as ood.benchmark.load_inputs does
     for s in [inputs.train, inputs.test, *inputs.oods]:
         s.source.path = s.path  # in-memory inputs: nothing to read
         s.features
@@ -126,6 +135,26 @@ def main():
           f"{total_f / (gflops * 1e9):.1f}s")
     print(f"peak RSS {peak_gb():.2f} GiB (process), growth during the run {peak_gb() - base:.2f} GiB; "
           f"peak / input features = {peak_gb() / input_gb:.2f}")
+    if args.tune:
+        time_tuning(inputs, methods)
+
+
+def time_tuning(inputs, methods):
+    """Seconds of the full grid sweep of every method with a grid, on the train statistics already memoised."""
+    from ood import tuning
+
+    id_val, _ = tuning.hold_out(inputs.test)
+    ood_val = inputs.oods[0]
+    print(f"\ntuning sweep: {id_val.n} ID and {ood_val.n} OOD validation rows")
+    t0 = time.perf_counter()
+    for m in methods:
+        points = tuning.grid_points(m)
+        if points == [{}]:
+            continue
+        t = time.perf_counter()
+        c = tuning.tune_method(m, inputs.train, id_val, ood_val)
+        print(f"{m:<16s} {time.perf_counter() - t:8.2f}s  {len(points):3d} points  chose {c.params}", flush=True)
+    print(f"tuning sweep total {time.perf_counter() - t0:.1f}s; peak RSS {peak_gb():.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -73,15 +73,22 @@ class FDBD(Detector):
         return split.map_blocks(block, dtype=np.float64)
 
 
+def row_space(W: np.ndarray) -> np.ndarray:
+    """Orthonormal basis [D, rank] of the row space of W, from the eigendecomposition of the smaller Gram."""
+    W = W.astype(np.float64)
+    C, D = W.shape
+    vals, vecs = np.linalg.eigh(W @ W.T if C < D else W.T @ W)
+    keep = vals > max(C, D) * np.finfo(np.float64).eps * vals.max()
+    basis = W.T @ vecs[:, keep] / np.sqrt(vals[keep]) if C < D else vecs[:, keep]
+    return np.ascontiguousarray(basis, dtype=np.float32)
+
+
 @register("nusa")
 class NuSA(Detector):
     """Share of the feature norm in the row space of the head, ||P h|| / ||h||."""
 
     def fit(self, train):
-        W = train.head.weight.astype(np.float64)
-        _, s, vt = np.linalg.svd(W, full_matrices=False)
-        keep = s > max(W.shape) * np.finfo(np.float64).eps * s.max()
-        self.basis_ = np.ascontiguousarray(vt[keep].T, dtype=np.float32)
+        self.basis_ = train.memo("head_row_space", lambda: row_space(train.head.weight))
         return self
 
     def score(self, split):
