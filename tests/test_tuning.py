@@ -191,3 +191,15 @@ def test_cli_tune_id_alone_is_an_error(files, capsys):
     d, _ = files
     assert main(args(d, "--methods", "msp", "--tune_id", str(d / "id_val.h5"))) == 2
     assert "--tune_id needs --tune" in capsys.readouterr().err
+
+
+def test_knn_sweep_searches_each_split_once(monkeypatch):
+    from ood.detectors import knn
+    calls = []
+    search = knn.top_similarities
+    monkeypatch.setattr(knn, "faiss", None)
+    monkeypatch.setattr(knn, "top_similarities", lambda *a, **kw: calls.append(a[3]) or search(*a, **kw))
+    p = make_problem(seed=3)
+    choice = tuning.tune_method("knn", p["train"], p["test"], p["ood"])
+    assert calls == [200, 200]  # k = 1000 and 500 exceed the 400 train rows; 200 serves 100 and 50 too
+    assert choice.tried == 3 and choice.skipped == 2

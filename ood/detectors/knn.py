@@ -9,6 +9,7 @@ similarities are memoised per (query split, bank), so a sweep over k costs one s
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ def top_similarities(queries: torch.Tensor, bank: torch.Tensor, scale: torch.Ten
 class Bank:
     """Rows of the train features with a per-row scale: similarity(q, i) = q_hat . x_i * scale_i."""
 
-    def __init__(self, key, train: Split, rows: np.ndarray = None, weights: np.ndarray = None):
+    def __init__(self, key, train: Split, rows: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None):
         self.key = (key, id(train))
         self.train = train
         x = train.features if rows is None else train.features[rows]
@@ -91,7 +92,7 @@ class KNN(Detector):
     every metric, is the same. The paper's ImageNet setting uses the whole train set (alpha = 100%).
     """
 
-    grid = {"k": [50, 100, 200, 500, 1000]}
+    grid = {"k": [1000, 500, 200, 100, 50]}  # largest first: one search serves every smaller k
 
     def __init__(self, k: int = 50):
         self.k = k
@@ -113,7 +114,7 @@ class NNGuide(Detector):
     OpenOOD takes the first batches of its shuffled train loader, the same kind of sample.
     """
 
-    grid = {"k": [10, 50, 100, 200]}
+    grid = {"k": [200, 100, 50, 10]}  # largest first: one search serves every smaller k
 
     def __init__(self, k: int = 100, alpha: float = 0.01, seed: int = 0):
         self.k, self.alpha, self.seed = k, alpha, seed
