@@ -104,7 +104,7 @@ def refuse_test_files(path, role: str, tests: dict):
         raise ValueError(f"{path}: no such file ({role})")
     for what, test in tests.items():
         if test is not None and Path(test).is_file() and same_file(path, test):
-            raise ValueError(f"{path}: the {role} is the same file as the {what} {test}; tuning on a test set "
+            raise ValueError(f"{path}: the {role} is the same file as the {what} ({test}); tuning on a test set "
                              f"would bias every reported number, give a separate validation set")
 
 
