@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ood.backbones import create_backbone
+from ood.backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from ood.data import scan_folder
 from ood.extract import Extractor, extract_split, load_image
 
@@ -40,6 +40,7 @@ def make_jpegs(root: Path, n: int, seed: int = 0):
 
 
 def forward_only(backbone, extractor, paths, root, batch):
+    """The extractor (batch normalisation, forward, head) on decoded, resized images already in memory."""
     x = torch.stack([backbone.transform(load_image(root / p)) for p in paths])
     extractor(x[:batch])  # warm-up
     tic = time.perf_counter()
@@ -48,14 +49,17 @@ def forward_only(backbone, extractor, paths, root, batch):
     return len(x) / (time.perf_counter() - tic)
 
 
-def vim_loop(backbone, paths, root, batch, out):
+def vim_loop(backbone, size, paths, root, batch, out):
     """ViM's extractor as written, minus the DataLoader workers: decode, stack, forward, collect, pickle."""
+    from torchvision import transforms as T
+
+    transform = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     model = backbone.model
     tic = time.perf_counter()
     features = []
     with torch.no_grad():
         for lo in range(0, len(paths), batch):
-            x = torch.stack([backbone.transform(Image.open(root / p).convert("RGB")) for p in paths[lo:lo + batch]])
+            x = torch.stack([transform(Image.open(root / p).convert("RGB")) for p in paths[lo:lo + batch]])
             features.append(model.forward_head(model.forward_features(x), pre_logits=True).numpy())
     with open(out, "wb") as f:
         pickle.dump(np.concatenate(features), f)
@@ -93,7 +97,8 @@ def main():
         for w in [int(v) for v in args.workers.split(",")]:
             runs[f"extraction, {w} workers"] = lambda w=w: extraction(extractor, data, root, args.batch, w,
                                                                       Path(tmp) / "f.h5")
-        runs["ViM-style loop (1 process)"] = lambda: vim_loop(plain, data.paths, root, args.batch, Path(tmp) / "f.pkl")
+        runs["ViM-style loop (1 process)"] = lambda: vim_loop(plain, args.size, data.paths, root, args.batch,
+                                                              Path(tmp) / "f.pkl")
         rates = {name: 0.0 for name in runs}
         for _ in range(args.repeat):  # interleaved, best of each: a shared machine's load hits all alike
             for name, fn in runs.items():

@@ -153,7 +153,7 @@ class Extractor:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, x: torch.Tensor):
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        x = self.backbone.normalize(x.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
         with torch.inference_mode(), autocast(self.amp, self.device):
             features, logits = self.backbone.forward(x)
         features = features.float().to(self.dtype)

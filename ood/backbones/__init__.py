@@ -2,8 +2,9 @@
 
 ``create_backbone("timm" | "mmpretrain" | "open_clip", model, **options)`` builds one; each backend lives in its
 own module, imported only when asked for, so a missing optional library (mmpretrain) costs nothing until used.
-A backbone's ``transform`` turns an RGB PIL image into a normalised CHW tensor and ``preprocess`` describes it
-(stored in the feature file); ``resize=N`` replaces the model's own preprocessing by the ViM one (plain resize
+A backbone's ``transform`` turns an RGB PIL image into a uint8 CHW tensor (small to pass between processes
+and to copy to a GPU) and ``mean``/``std`` (0-1 scale) normalise the batch on the device; ``preprocess``
+describes it all (stored in the feature file); ``resize=N`` replaces the model's own preprocessing by the ViM one (plain resize
 to N x N, ImageNet mean/std unless ``mean``/``std`` are given), for exact reproductions of ViM and GEN.
 """
 from __future__ import annotations
@@ -35,8 +36,12 @@ class Backbone:
     feature_source: str = ""
 
     model: nn.Module
+    #: RGB PIL image -> uint8 CHW tensor (or an already normalised float tensor when mean is None)
     transform = None
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
     preprocess: dict
+    _norm = None
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Features [B, D] and logits [B, C] (None when the model has no head) of a normalised batch."""
@@ -45,6 +50,14 @@ class Backbone:
     def head(self) -> Optional[Head]:
         """The linear head (logits = features @ W.T + b) as float32 arrays, or None."""
         raise NotImplementedError
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch from ``transform`` as the model's float input: (x / 255 - mean) / std."""
+        if self.mean is None:
+            return x
+        if self._norm is None or self._norm[0].device != x.device:
+            self._norm = tuple(torch.tensor(v, device=x.device).view(1, -1, 1, 1) * 255 for v in (self.mean, self.std))
+        return (x.float() - self._norm[0]) / self._norm[1]
 
     @property
     def device(self) -> torch.device:
@@ -89,15 +102,32 @@ def create_backbone(backend: str, model: str, **options) -> Backbone:
 
 
 def resize_transform(size: int, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
-    """ViM's preprocessing: resize to size x size (bilinear), ImageNet mean/std. Returns (transform, description)."""
+    """ViM's preprocessing: resize to size x size (bilinear), ImageNet mean/std.
+
+    Returns (uint8 transform, mean, std, description).
+    """
     from torchvision import transforms as T
 
     mean = tuple(mean or IMAGENET_MEAN)
     std = tuple(std or IMAGENET_STD)
-    transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
-                           T.ToTensor(), T.Normalize(mean, std)])
-    return transform, {"size": [size, size], "resize": [size, size], "crop": None, "interpolation": "bilinear",
-                       "mean": list(mean), "std": list(std), "source": "resize"}
+    transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR), T.PILToTensor()])
+    return transform, mean, std, {"size": [size, size], "resize": [size, size], "crop": None,
+                                  "interpolation": "bilinear", "mean": list(mean), "std": list(std),
+                                  "source": "resize"}
+
+
+def split_normalize(transform):
+    """(uint8 transform, mean, std) from a Compose ending in ToTensor + Normalize; else (transform, None, None).
+
+    The float conversion and normalisation then run once per batch on the device instead of per image.
+    """
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) >= 2 and isinstance(steps[-1], T.Normalize) and \
+            type(steps[-2]).__name__ in ("ToTensor", "MaybeToTensor"):
+        return T.Compose(steps[:-2] + [T.PILToTensor()]), tuple(steps[-1].mean), tuple(steps[-1].std)
+    return transform, None, None
 
 
 def linear_params(layer: nn.Module, dim: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -33,15 +33,14 @@ def _import_mmpretrain():
 
 
 class PipelineTransform:
-    """mmpretrain's test pipeline on a PIL RGB image, then ``to_rgb`` and mean/std as ClsDataPreprocessor does.
+    """mmpretrain's test pipeline on a PIL RGB image, then ClsDataPreprocessor's ``to_rgb`` channel flip.
 
-    The transforms are built on first use, so the object pickles into DataLoader workers as plain configs.
+    Returns uint8 CHW; the mean/std step runs on the batch. The transforms are built on first use, so the
+    object pickles into DataLoader workers as plain configs.
     """
 
-    def __init__(self, pipeline: Sequence[dict], mean, std, to_rgb: bool):
+    def __init__(self, pipeline: Sequence[dict], to_rgb: bool):
         self.pipeline = [dict(t) for t in pipeline]
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.to_rgb = to_rgb
         self._transforms = None
 
@@ -59,10 +58,7 @@ class PipelineTransform:
         for t in self._transforms:
             results = t(results)
         x = results["inputs"] if "inputs" in results else torch.from_numpy(results["img"]).permute(2, 0, 1)
-        x = x.float()
-        if self.to_rgb:
-            x = x.flip(0)
-        return (x - self.mean) / self.std
+        return x.flip(0).contiguous() if self.to_rgb else x
 
 
 @register("mmpretrain")
@@ -98,7 +94,7 @@ class MMPretrainBackbone(Backbone):
             self.class_names = meta.get("dataset_meta", {}).get("classes") or meta.get("CLASSES")
         self.model.eval()
         if resize:
-            self.transform, self.preprocess = resize_transform(resize, mean, std)
+            self.transform, self.mean, self.std, self.preprocess = resize_transform(resize, mean, std)
             return
         cfg = self.model._config
         pipeline = cfg.get("test_dataloader", {}).get("dataset", {}).get("pipeline") or cfg.get("test_pipeline")
@@ -109,7 +105,8 @@ class MMPretrainBackbone(Backbone):
         mean = list(mean) if mean else [m / 255 for m in pre.get("mean") or (0, 0, 0)]
         std = list(std) if std else [s / 255 for s in pre.get("std") or (1 / 255,) * 3]
         to_rgb = bool(pre.get("to_rgb", False))
-        self.transform = PipelineTransform(pipeline, [m * 255 for m in mean], [s * 255 for s in std], to_rgb)
+        self.transform = PipelineTransform(pipeline, to_rgb)
+        self.mean, self.std = tuple(mean), tuple(std)
         self.preprocess = {"pipeline": pipeline, "mean": mean, "std": std, "to_rgb": to_rgb,
                            "size": self._output_size(), "source": "mmpretrain test pipeline"}
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..features import Head
-from . import Backbone, read_lines, register, resize_transform
+from . import Backbone, read_lines, register, resize_transform, split_normalize
 
 #: The 80 prompt templates CLIP used for ImageNet zero-shot classification ("{}" is the class name).
 IMAGENET_TEMPLATES = (
@@ -103,11 +103,11 @@ class OpenClipBackbone(Backbone):
         self._head = None
         self._wb = None
         if resize:
-            self.transform, self.preprocess = resize_transform(resize, mean, std)
+            self.transform, self.mean, self.std, self.preprocess = resize_transform(resize, mean, std)
         else:
             cfg = dict(self.model.visual.preprocess_cfg)
             size = cfg["size"] if isinstance(cfg["size"], (tuple, list)) else (cfg["size"], cfg["size"])
-            self.transform = transform
+            self.transform, self.mean, self.std = split_normalize(transform)
             self.preprocess = {"size": list(size), "crop": 1.0, "resize_mode": cfg.get("resize_mode"),
                                "interpolation": cfg.get("interpolation"), "mean": list(cfg["mean"]),
                                "std": list(cfg["std"]), "source": "open_clip preprocess_cfg"}

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 
 from ..features import Head
-from . import Backbone, linear_params, register, resize_transform
+from . import Backbone, linear_params, register, resize_transform, split_normalize
 
 
 def load_checkpoint(model, path) -> None:
@@ -56,14 +56,14 @@ class TimmBackbone(Backbone):
             load_checkpoint(self.model, checkpoint)
         self.model.eval()
         if resize:
-            self.transform, self.preprocess = resize_transform(resize, mean, std)
+            self.transform, self.mean, self.std, self.preprocess = resize_transform(resize, mean, std)
         else:
             cfg = timm.data.resolve_data_config({}, model=self.model)
             if mean:
                 cfg["mean"] = tuple(mean)
             if std:
                 cfg["std"] = tuple(std)
-            self.transform = timm.data.create_transform(**cfg, is_training=False)
+            self.transform, self.mean, self.std = split_normalize(timm.data.create_transform(**cfg, is_training=False))
             self.preprocess = {"size": list(cfg["input_size"][1:]), "crop": cfg.get("crop_pct"),
                                "crop_mode": cfg.get("crop_mode"), "interpolation": cfg["interpolation"],
                                "mean": list(cfg["mean"]), "std": list(cfg["std"]), "source": "timm data config"}
