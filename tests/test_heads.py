@@ -22,12 +22,21 @@ def sample(rng, classes, n):
     return x.astype(np.float32), y
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices train faster on one thread, above all on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def trained():
     rng = np.random.default_rng(0)
     x, y = sample(rng, np.arange(C), 2000)
     g = np.arange(C) % G
-    head, recipe = train_head(x, y, C, g, epochs=10, seed=0, device="cpu")
+    head, recipe = train_head(x, y, C, g, epochs=30, seed=0, device="cpu")
     return head, recipe, x, y, g
 
 
@@ -45,13 +54,13 @@ def test_group_softmax_learns_separable_features_and_flags_held_out_classes(trai
         return -torch.exp(scorer.others_log_prob(torch.as_tensor(x))).min(1).values.numpy()
     s_id, s_ood = mos(xt), mos(xo)
     assert s_id.mean() > s_ood.mean()
-    assert roc_auc_score(np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood]) > 0.75
+    assert roc_auc_score(np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood]) > 0.95
 
 
 def test_training_is_deterministic_with_seed(trained):
     head, _, x, y, g = trained
-    again, _ = train_head(x, y, C, g, epochs=10, seed=0, device="cpu")
-    other, _ = train_head(x, y, C, g, epochs=10, seed=1, device="cpu")
+    again, _ = train_head(x, y, C, g, epochs=30, seed=0, device="cpu")
+    other, _ = train_head(x, y, C, g, epochs=30, seed=1, device="cpu")
     np.testing.assert_array_equal(head.weight, again.weight)
     np.testing.assert_array_equal(head.others_bias, again.others_bias)
     assert not np.array_equal(head.weight, other.weight)

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..features import Head
 from ..split import resolve_device
@@ -103,7 +104,6 @@ def train_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
         loss, dz, do = group_loss_grad(out[:, :C], out[:, C:], target, g, onehot)
         return loss, torch.cat([dz, do], 1)
 
-    from tqdm import tqdm
     bar = tqdm(total=steps[-1], desc="train head", unit="step", file=sys.stderr, disable=not progress)
     order, pos, smooth = torch.randperm(n, generator=gen), 0, None
     for step in range(steps[-1]):
