@@ -396,10 +396,11 @@ def run(args, log) -> int:
         if summary is None:
             return 0
     rate = summary["images"] / max(summary["seconds"], 1e-9)
+    skipped = summary["skipped"]
     log(f"{out}: {summary['rows']} rows x {summary['dim']} features"
         + (f", {summary['num_classes']} logits" if summary["num_classes"] else "")
         + f"; {rate:.1f} images/s"
-        + (f"; {summary['skipped']} unreadable images skipped (listed in 'skipped_paths')" if summary["skipped"] else ""))
+        + (f"; {skipped} unreadable images skipped (listed in 'skipped_paths')" if skipped else ""))
     return 0
 
 

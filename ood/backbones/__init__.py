@@ -4,8 +4,8 @@
 own module, imported only when asked for, so a missing optional library (mmpretrain) costs nothing until used.
 A backbone's ``transform`` turns an RGB PIL image into a uint8 CHW tensor (small to pass between processes
 and to copy to a GPU) and ``mean``/``std`` (0-1 scale) normalise the batch on the device; ``preprocess``
-describes it all (stored in the feature file); ``resize=N`` replaces the model's own preprocessing by the ViM one (plain resize
-to N x N, ImageNet mean/std unless ``mean``/``std`` are given), for exact reproductions of ViM and GEN.
+describes it all (stored in the feature file). ``resize=N`` replaces the model's own preprocessing by ViM's
+(plain resize to N x N, ImageNet mean/std unless ``mean``/``std`` are given), for exact reproductions of ViM/GEN.
 """
 from __future__ import annotations
 
