@@ -14,9 +14,9 @@ thread count give a byte-identical checkpoint on every run on the same machine.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -104,32 +104,46 @@ def prepare(data_root, lists_dir, seed: int = 0, test_fraction: float = 1 / 3, f
     return lists
 
 
-def load_split(data_root, list_file, size: int = SIZE, limit: Optional[int] = None):
-    """(images [N, 3, size, size] float32, labels [N] int64) of a list, decoded and preprocessed exactly as
-    ``extract_features.py --resize size`` does."""
-    import torch
+def preprocess(size: int = SIZE):
+    """What ``extract_features.py --resize size`` applies: RGB, bilinear resize to size x size, ImageNet mean/std."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from torchvision import transforms as T
 
-    from .backbones import resize_transform
-    from .extract import load_image
+    return T.Compose([T.Lambda(lambda img: img.convert("RGB")),
+                      T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
+                      T.ToTensor(), T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+
+
+def load_split(data_root, list_file, size: int = SIZE, limit: Optional[int] = None):
+    """(images [N, 3, size, size] float32, labels [N] int64) of a list, preprocessed as for extraction."""
+    import torch
+    from PIL import Image
 
     items = read_list(list_file)
     n = len(items) if limit is None else min(limit, len(items))
-    transform, _ = resize_transform(size)
-    x = torch.stack([transform(load_image(Path(data_root) / items.paths[i])) for i in range(n)])
-    return x, torch.as_tensor(items.labels[:n], dtype=torch.long)
+    transform = preprocess(size)
+    images = []
+    for path in items.paths[:n]:
+        with Image.open(Path(data_root) / path) as img:
+            images.append(transform(img))
+    return torch.stack(images), torch.as_tensor(items.labels[:n], dtype=torch.long)
 
 
-def seed_everything(seed: int, threads: int):
-    """One seed for every generator, deterministic kernels, a fixed CPU thread count."""
-    import random
-
+@contextmanager
+def deterministic(seed: int, threads: int):
+    """Inside: torch's RNG seeded, deterministic kernels, a fixed CPU thread count; outside, the caller's state."""
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    was_deterministic, was_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
+            torch.set_num_threads(was_threads)
 
 
 def shift(x, pad: int, generator):
@@ -147,14 +161,6 @@ def shift(x, pad: int, generator):
     return padded.flatten(2).gather(2, flat).reshape_as(x)
 
 
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def train(data_root, train_list, test_list, out, model_name: str = "resnet18", epochs: int = 12,
           batch: int = 64, lr: float = 2e-3, seed: int = 0, threads: int = 2, size: int = SIZE,
           limit: Optional[int] = None, log=print) -> float:
@@ -165,43 +171,45 @@ def train(data_root, train_list, test_list, out, model_name: str = "resnet18", e
     from safetensors.torch import save_file
     from tqdm import tqdm
 
-    seed_everything(seed, threads)
-    x_train, y_train = load_split(data_root, train_list, size, limit)
-    x_test, y_test = load_split(data_root, test_list, size, limit)
-    if (y_train < 0).any():
-        raise ListFormatError(f"{train_list}: every train line needs an integer label")
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
-    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps = epochs * -(-len(x_train) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    g = torch.Generator().manual_seed(seed)
-    log(f"training {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
-        f"{len(x_train)} images, {num_classes} classes, {epochs} epochs, {threads} threads")
-    bar = tqdm(total=steps, desc="train", unit="batch", file=sys.stderr)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=g)
-        for start in range(0, len(order), batch):
-            i = order[start:start + batch]
-            loss = F.cross_entropy(model(shift(x_train[i], 3, g)), y_train[i])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-            bar.update()
-    bar.close()
-    model.eval()
-    with torch.inference_mode():
-        pred = torch.cat([model(x_test[i:i + 256]).argmax(1) for i in range(0, len(x_test), 256)])
-    accuracy = float((pred == y_test).float().mean())
+    from .backbones import file_sha256
+
+    with deterministic(seed, threads):
+        x_train, y_train = load_split(data_root, train_list, size, limit)
+        x_test, y_test = load_split(data_root, test_list, size, limit)
+        if (y_train < 0).any():
+            raise ListFormatError(f"{train_list}: every train line needs an integer label")
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+        steps = epochs * -(-len(x_train) // batch)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+        g = torch.Generator().manual_seed(seed)
+        log(f"training {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
+            f"{len(x_train)} images, {num_classes} classes, {epochs} epochs, {threads} threads")
+        bar = tqdm(total=steps, desc="train", unit="batch", file=sys.stderr)
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(x_train), generator=g)
+            for start in range(0, len(order), batch):
+                i = order[start:start + batch]
+                loss = F.cross_entropy(model(shift(x_train[i], 3, g)), y_train[i])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                bar.update()
+        bar.close()
+        model.eval()
+        with torch.inference_mode():
+            pred = torch.cat([model(x_test[i:i + 256]).argmax(1) for i in range(0, len(x_test), 256)])
+        accuracy = float((pred == y_test).float().mean())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, out)
-    log(f"ID test accuracy: {accuracy:.4f} ({len(y_test)} images); checkpoint {out} (sha256 {sha256(out)[:12]})")
+    log(f"ID test accuracy: {accuracy:.4f} ({len(y_test)} images); checkpoint {out} (sha256 {file_sha256(out)[:12]})")
     return accuracy
 
 
