@@ -126,10 +126,14 @@ def resolve_device(name: str, dist: Dist) -> torch.device:
     return torch.device(name)
 
 
-def autocast(amp: str, device: torch.device):
+def resolve_amp(amp: str, device: torch.device) -> str:
     """``auto`` = bf16 on CUDA, off elsewhere."""
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
+        return "bf16" if device.type == "cuda" else "off"
+    return amp
+
+
+def autocast(amp: str, device: torch.device):
     if amp == "off":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
@@ -148,7 +152,7 @@ class Extractor:
     def __init__(self, backbone: Backbone, device: torch.device, amp: str, dtype: str, channels_last: bool):
         self.backbone = backbone.to(device, channels_last)
         self.device = device
-        self.amp = amp
+        self.amp = resolve_amp(amp, device)
         self.dtype = torch.float16 if dtype == "float16" else torch.float32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -184,18 +188,37 @@ def _append_skipped(h5: h5py.File, paths: List[str]):
     ds[n:] = paths
 
 
-def _check_resume(writer: FeatureWriter, attrs: dict, data: DataList):
-    """A partial file resumes only the same run: same model, weights, preprocessing, inputs and dtype."""
+def _check_resume(writer: FeatureWriter, attrs: dict, data: DataList) -> int:
+    """Reopen a partial file at its last committed batch; returns the list position to continue from.
+
+    A partial file resumes only the same run: same model, weights, preprocessing, inputs and dtype. A batch is
+    committed by ``inputs_done``, written after its rows and skipped paths, so rows or skipped paths of a batch
+    that was interrupted half-way are dropped here and written again.
+    """
     stored = writer.h5.attrs
     for key, value in base_attrs(**attrs).items():
         if key in RESUME_KEYS and key in stored and str(stored[key]) != str(value):
             raise FeatureFileError(f"{writer.tmp}: cannot resume: it was made with {key}={stored[key]!r}, "
                                    f"this run has {key}={value!r} (rerun without --resume to start over)")
-    done = int(stored.get("inputs_done", writer.rows))
-    skipped = set(writer.h5["skipped_paths"].asstr()[()]) if "skipped_paths" in writer.h5 else set()
-    expected = [p for p in data.paths[:done] if p not in skipped]
-    if len(expected) != writer.rows or list(writer.h5["paths"].asstr()[:writer.rows]) != expected:
+    done = int(stored.get("inputs_done", 0))
+    skipped = list(writer.h5["skipped_paths"].asstr()[()]) if "skipped_paths" in writer.h5 else []
+    first = list(data.paths[:done])
+    first_set = set(first)
+    kept_skipped = 0
+    for path in skipped:  # skipped paths are recorded in list order
+        if kept_skipped < len(first) and path in first_set:
+            kept_skipped += 1
+        else:
+            break
+    skipped_set = set(skipped[:kept_skipped])
+    expected = [p for p in first if p not in skipped_set]
+    if len(expected) + kept_skipped != done or len(expected) > writer.rows or \
+            list(writer.h5["paths"].asstr()[:len(expected)]) != expected:
         raise FeatureFileError(f"{writer.tmp}: cannot resume: its rows are not the first images of this list")
+    if "skipped_paths" in writer.h5:
+        writer.h5["skipped_paths"].resize(kept_skipped, axis=0)
+    writer.rows = len(expected)
+    writer.set_attrs(rows_written=writer.rows)
     return done
 
 
@@ -234,19 +257,18 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
             (outputs, event), rows, bad, done = item
             if event is not None:
                 event.synchronize()
-            if bad:
-                _append_skipped(writer.h5, [data.paths[r] for r, _ in bad])
-                skipped += len(bad)
-                for _, message in bad:
-                    log(f"skipped {message}")
-            writer.set_attrs(inputs_done=done)
             if len(rows):
                 idx = rows.numpy()
                 features, logits = outputs
                 writer.append(features.numpy(), None if logits is None else logits.numpy(), data.labels[idx],
                               [data.paths[i] for i in idx], **{k: [v[i] for i in idx] for k, v in data.extra.items()})
-            else:
-                writer.h5.flush()
+            if bad:
+                _append_skipped(writer.h5, [data.paths[r] for r, _ in bad])
+                skipped += len(bad)
+                for _, message in bad:
+                    log(f"skipped {message}")
+            writer.set_attrs(inputs_done=done)  # the commit point of this batch
+            writer.h5.flush()
             if bar is not None:
                 bar.update(len(rows) + len(bad))
 
@@ -383,7 +405,7 @@ def run(args, log) -> int:
     attrs = dict(model=args.model, backend=args.backend, weights=weights_of(args), **checkpoint_attrs(args.checkpoint),
                  preprocess=backbone.preprocess, feature_source=backbone.feature_source,
                  data_root=str(args.data_root), list_file=str(args.img_list or ""), list_format=args.list_format,
-                 dtype=args.dtype, amp=args.amp)
+                 dtype=args.dtype, amp=extractor.amp)
     workers = default_workers(dist, device) if args.workers is None else args.workers
     common = dict(batch=args.batch, workers=workers, skip_bad=args.skip_bad, progress=not args.quiet and dist.rank == 0,
                   log=log)

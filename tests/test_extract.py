@@ -14,7 +14,7 @@ from torch import nn
 
 from ood.backbones import create_backbone, linear_params
 from ood.extract import main
-from ood.features import FeatureFile, read_head
+from ood.features import FeatureFile, FeatureWriter, read_head
 
 MODES = ("RGB", "L", "RGBA", "P")
 
@@ -300,3 +300,60 @@ def test_backbone_without_head_stores_no_logits(folder, tmp_path):
     data, _ = read_all(tmp_path / "f.h5")
     assert "logits" not in data and data["features"].shape == (12, create_backbone(
         "timm", "test_resnet", num_classes=0).model.num_features)
+
+
+def test_keyboard_interrupt_then_resume(timm_model, tmp_path, monkeypatch):
+    """Stopped while writing the third batch; a bad image skipped in the second stays recorded once."""
+    _, ckpt = timm_model
+    root = tmp_path / "imgs"
+    paths = make_images(root)
+    corrupt(root / paths[5])
+    common = ["test_resnet", "--checkpoint", ckpt, "--resize", 32, "--workers", 0, "--batch", 4, "--skip_bad"]
+    assert run_cli(root, tmp_path / "ref.h5", *common) == 0
+    original = FeatureWriter.append
+    calls = []
+
+    def append_then_stop(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureWriter, "append", append_then_stop)
+    out = tmp_path / "out.h5"
+    assert run_cli(root, out, *common) == 130
+    with h5py.File(tmp_path / "out.h5.partial", "r") as h5:
+        assert h5.attrs["rows_written"] == 7 and h5.attrs["inputs_done"] == 8
+    monkeypatch.setattr(FeatureWriter, "append", original)
+    assert run_cli(root, out, *common, "--resume") == 0
+    ref, got = read_all(tmp_path / "ref.h5")[0], read_all(out)[0]
+    assert [p.decode() for p in got["skipped_paths"]] == [paths[5]] and set(got) == set(ref)
+    for name in ref:
+        np.testing.assert_array_equal(got[name], ref[name])
+
+
+def test_resume_drops_a_half_committed_batch(timm_model, tmp_path, monkeypatch):
+    """Stopped after a batch's rows were written but before it was committed: its rows are written again."""
+    import ood.extract
+
+    _, ckpt = timm_model
+    root = tmp_path / "imgs"
+    paths = make_images(root)
+    corrupt(root / paths[5])
+    common = ["test_resnet", "--checkpoint", ckpt, "--resize", 32, "--workers", 0, "--batch", 4, "--skip_bad"]
+    assert run_cli(root, tmp_path / "ref.h5", *common) == 0
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ood.extract, "_append_skipped", stop)
+    out = tmp_path / "out.h5"
+    assert run_cli(root, out, *common) == 130
+    with h5py.File(tmp_path / "out.h5.partial", "r") as h5:
+        assert h5.attrs["rows_written"] == 7 and h5.attrs["inputs_done"] == 4
+    monkeypatch.undo()
+    assert run_cli(root, out, *common, "--resume") == 0
+    ref, got = read_all(tmp_path / "ref.h5")[0], read_all(out)[0]
+    assert set(got) == set(ref)
+    for name in ref:
+        np.testing.assert_array_equal(got[name], ref[name])
