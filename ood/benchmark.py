@@ -181,7 +181,8 @@ def run(inputs: Inputs, methods: Sequence[str], params: Optional[dict] = None, f
         used[name] = det.params()
         if log:
             log(f"[{i:2d}/{len(methods)}] {name:<16s} {timings[name]:7.2f}s")
-    return Result(records, scores, timings, id_accuracy(inputs.test), fpr, inputs.notes, used,
+    notes = inputs.notes + [n for s in [inputs.train, inputs.test, *inputs.oods] for n in s.notes]
+    return Result(records, scores, timings, id_accuracy(inputs.test), fpr, notes, used,
                   [o.name for o in inputs.oods])
 
 

@@ -49,6 +49,7 @@ class Split:
         self._labels = labels
         self._memo: dict = {}
         self.keep_logits = True
+        self.notes: list = []
         self.extras: dict = {}
 
     @classmethod
@@ -99,10 +100,28 @@ class Split:
     def logits(self) -> np.ndarray:
         """All logits [N, C], kept for the run (use :meth:`blocks` with ``"logits"`` to stream instead)."""
         def compute():
-            if self.source.has("logits"):
+            if self.stored_logits_match_head():
                 return self._checked_logits(self.source.read("logits"))
             return self.map_blocks(lambda lo, hi, h: self.apply_head(h))
         return self.memo("logits", compute)
+
+    def stored_logits_match_head(self, rows: int = 512) -> bool:
+        """Whether the file's stored logits are this head's W h + b (checked on the first rows, with room for
+        mixed-precision extraction). A file's logits from another head (a MOS flat head, a zero-shot head for
+        another class list) are not used: the logits are recomputed from the head given, and a note says so."""
+        def check():
+            if not self.source.has("logits"):
+                return False
+            k = min(self.n, rows)
+            stored = self._checked_logits(self.source.read("logits", 0, k))
+            mine = self.apply_head(self.tensor(self.source.read("features", 0, k))).cpu().numpy()
+            scale = 1.0 + np.abs(mine).max()
+            if np.abs(stored - mine).max() <= 0.02 * scale:
+                return True
+            self.notes.append(f"{self.path}: its stored logits are not the head's W h + b (max difference "
+                              f"{np.abs(stored - mine).max():.3g}); logits recomputed from the head")
+            return False
+        return self.memo("stored_logits_match_head", check)
 
     def _checked_logits(self, z) -> np.ndarray:
         z = np.ascontiguousarray(z, dtype=np.float32)
@@ -148,7 +167,7 @@ class Split:
                 yield lo, hi, self.tensor(self.features[lo:hi])
             elif self.keep_logits or "logits" in self._memo:
                 yield lo, hi, self.tensor(self.logits[lo:hi])
-            elif self.source.has("logits"):
+            elif self.stored_logits_match_head():
                 yield lo, hi, self.tensor(self._checked_logits(self.source.read("logits", lo, hi)))
             else:
                 yield lo, hi, self.apply_head(self.tensor(self.features[lo:hi]))

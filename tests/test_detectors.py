@@ -192,13 +192,16 @@ def test_params_parse_from_command_line_strings():
         parse_param_args(["gen.M=ten"])
 
 
-def test_logits_stored_in_file_are_used(problem):
+def test_stored_logits_are_used_only_when_they_are_the_heads(problem):
     head = problem["head"]
     x = problem["arrays"]["test"][0]
-    z = np.zeros((len(x), head.num_classes), np.float32)
-    z[:, 0] = np.arange(len(x))
-    s = Split.from_arrays("t", x, head, logits=z)
-    np.testing.assert_array_equal(create("maxlogit").score(s), np.arange(len(x)))
+    z = x.astype(np.float64) @ head.weight.T.astype(np.float64) + head.bias
+    s = Split.from_arrays("t", x, head, logits=z + 0.001)  # the same head, as a mixed-precision forward
+    np.testing.assert_allclose(create("maxlogit").score(s), z.max(1) + 0.001, rtol=1e-6)
+    assert s.notes == []
+    other = Split.from_arrays("o", x, head, logits=np.random.default_rng(0).normal(size=z.shape))
+    np.testing.assert_allclose(create("maxlogit").score(other), z.max(1), rtol=1e-5)
+    assert len(other.notes) == 1 and "recomputed from the head" in other.notes[0]
 
 
 def test_mahalanobis_singular_covariance_uses_the_pseudo_inverse():
