@@ -69,7 +69,8 @@ def vim_loop(backbone, size, paths, root, batch, out):
 def extraction(extractor, data, root, batch, workers, out):
     attrs = dict(model="bench", backend="timm", preprocess={}, dtype="float32", amp="off")
     summary = extract_split(out, data, root, extractor, attrs, batch=batch, workers=workers, resume=False,
-                            overwrite=True, skip_bad=False, progress=False, log=lambda m: None)
+                            overwrite=True, skip_bad=False, progress=False, log=lambda m: None,
+                            threads=len(os.sched_getaffinity(0)))
     return summary["images"] / summary["seconds"]
 
 
@@ -79,7 +80,7 @@ def main():
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--workers", default="1,2", help="comma list of DataLoader worker counts")
+    p.add_argument("--workers", default="0,1", help="comma list of DataLoader worker counts (0 = threads)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each measurement; the best is kept")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -95,7 +96,7 @@ def main():
         plain = create_backbone("timm", args.model, resize=args.size)  # contiguous, as ViM runs it
         runs = {"forward only (ready tensors)": lambda: forward_only(backbone, extractor, data.paths, root, args.batch)}
         for w in [int(v) for v in args.workers.split(",")]:
-            runs[f"extraction, {w} workers"] = lambda w=w: extraction(extractor, data, root, args.batch, w,
+            runs[f"extraction, {w} workers" if w else "extraction, threads"] = lambda w=w: extraction(extractor, data, root, args.batch, w,
                                                                       Path(tmp) / "f.h5")
         runs["ViM-style loop (1 process)"] = lambda: vim_loop(plain, args.size, data.paths, root, args.batch,
                                                               Path(tmp) / "f.pkl")

@@ -77,6 +77,16 @@ def collate(items):
     return rows, x, [(item[0], item[2]) for item in items if item[2] is not None]
 
 
+def threaded_batches(dataset: ImageDataset, batch: int, threads: int):
+    """In-process loading for CPU extraction: each batch is decoded by a pool of threads (PIL releases the GIL),
+    then the model runs on every core; the two phases alternate instead of fighting over the cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        for lo in range(0, len(dataset), batch):
+            yield collate(list(pool.map(dataset.__getitem__, range(lo, min(lo + batch, len(dataset))))))
+
+
 def load_inputs(data_root, img_list=None, list_format="auto", labels="auto") -> DataList:
     """The images to extract: a list file (paths relative to ``data_root``) or every image under the folder."""
     if img_list:
@@ -139,11 +149,15 @@ def autocast(amp: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def default_workers(dist: Dist, device: torch.device) -> int:
-    """The CPUs of this rank, at most 8; on a CPU device half of them, as the model needs the rest."""
+def cpus_per_rank(dist: Dist) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    cpus = max(1, cpus // max(1, dist.local_world))
-    return max(1, min(8, cpus if device.type == "cuda" else cpus // 2))
+    return max(1, cpus // max(1, dist.local_world))
+
+
+def default_workers(dist: Dist, device: torch.device) -> int:
+    """GPU: worker processes, one a CPU (at most 8). CPU: 0, i.e. decoding on threads between forward passes,
+    since worker processes would compete with the model for the same cores."""
+    return min(8, cpus_per_rank(dist)) if device.type == "cuda" else 0
 
 
 class Extractor:
@@ -223,8 +237,11 @@ def _check_resume(writer: FeatureWriter, attrs: dict, data: DataList) -> int:
 
 
 def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: dict, *, batch: int, workers: int,
-                  resume: bool, overwrite: bool, skip_bad: bool, progress: bool, log) -> dict:
-    """Extract ``data`` into ``out``; returns a summary (rows, skipped, seconds)."""
+                  resume: bool, overwrite: bool, skip_bad: bool, progress: bool, log, threads: int = 1) -> dict:
+    """Extract ``data`` into ``out``; returns a summary (rows, skipped, seconds).
+
+    ``workers`` > 0: a DataLoader with that many processes; 0: decoding on ``threads`` threads in this process.
+    """
     backbone = extractor.backbone
     dim, num_classes = extractor.dims(backbone.transform)
     partial = Path(str(out) + PARTIAL_SUFFIX)
@@ -239,10 +256,13 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
             writer.h5.create_dataset("classes", data=list(data.classes), dtype=_STR)
         if resuming:
             log(f"{partial}: resuming after {start} of {len(data)} images")
-        loader = torch.utils.data.DataLoader(
-            ImageDataset(data_root, data.paths, backbone.transform, start), batch_size=batch, shuffle=False,
-            num_workers=workers, collate_fn=collate, pin_memory=extractor.device.type == "cuda",
-            prefetch_factor=4 if workers else None)
+        dataset = ImageDataset(data_root, data.paths, backbone.transform, start)
+        if workers:
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers,
+                                                 collate_fn=collate, pin_memory=extractor.device.type == "cuda",
+                                                 prefetch_factor=4)
+        else:
+            loader = threaded_batches(dataset, batch, threads)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -407,8 +427,8 @@ def run(args, log) -> int:
                  data_root=str(args.data_root), list_file=str(args.img_list or ""), list_format=args.list_format,
                  dtype=args.dtype, amp=extractor.amp)
     workers = default_workers(dist, device) if args.workers is None else args.workers
-    common = dict(batch=args.batch, workers=workers, skip_bad=args.skip_bad, progress=not args.quiet and dist.rank == 0,
-                  log=log)
+    common = dict(batch=args.batch, workers=workers, threads=cpus_per_rank(dist), skip_bad=args.skip_bad,
+                  progress=not args.quiet and dist.rank == 0, log=log)
     if dist.world == 1:
         check_head(backbone, extractor, log)
         summary = extract_split(out, data, args.data_root, extractor, attrs, resume=args.resume,
@@ -492,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, nargs=3, help="override the normalisation mean (0-1 scale)")
     p.add_argument("--std", type=float, nargs=3, help="override the normalisation std (0-1 scale)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--workers", type=int, help="DataLoader workers (default: the CPUs, at most 8; half on CPU)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes; 0 = decode on threads between "
+                                               "forward passes (default: one a CPU up to 8 on GPU, 0 on CPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="autocast: auto = bf16 on CUDA, off on CPU")
