@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +61,8 @@ def photo_grids(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list]:
 
 
 def _write_split(root: Path, split: str, grids, folders, labels, list_path: Path, size: int):
+    """``root/split/<folder>/<i>.png`` for every grid (the split's folder is emptied first) and its list file."""
+    shutil.rmtree(root / split, ignore_errors=True)
     lines = []
     for i, (grid, folder, label) in enumerate(zip(grids, folders, labels)):
         rel = f"{split}/{folder}/{i:04d}.png"

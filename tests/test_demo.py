@@ -87,6 +87,16 @@ def test_prepare_writes_every_digit_once_and_repeats_exactly(tmp_path):
     assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in sample)
 
 
+def test_prepare_replaces_what_an_earlier_run_left(tmp_path):
+    stale = tmp_path / "data" / "far_ood" / "old" / "0000.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"not an image")
+    lists = demo.prepare(tmp_path / "data", tmp_path / "lists", limit=5)
+    assert not stale.exists()
+    on_disk = sorted(p.relative_to(tmp_path / "data").as_posix() for p in (tmp_path / "data").rglob("*.png"))
+    assert on_disk == sorted(p for s in demo.SPLITS for p in read_list(lists[s]).paths)
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """prepare -> train (1 epoch) -> extract_features.py per split and fc -> benchmark.py, as scripts/demo.sh."""
@@ -160,8 +170,8 @@ def test_features_are_the_trained_model_on_the_training_preprocessing(pipeline):
     for split in demo.SPLITS:
         x, y = demo.load_split(p["data"], p["lists"][split])
         with torch.inference_mode():
-            f = model.forward_head(model.forward_features(x), pre_logits=True).numpy()
-            z = model(x).numpy()
+            h = model.forward_features(x)
+            f, z = model.forward_head(h, pre_logits=True).numpy(), model.forward_head(h).numpy()
         with FeatureFile(p["feat"] / f"{split}.h5") as ff:
             assert np.allclose(ff.read("features"), f, atol=1e-4)
             assert np.allclose(ff.read("logits"), z, atol=1e-4)
