@@ -250,6 +250,7 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
         log(f"{partial}: starting over (pass --resume to continue it)")
     writer = FeatureWriter(out, len(data), dim, num_classes, dtype=attrs["dtype"], extra=tuple(data.extra),
                            attrs=attrs, resume=resume, overwrite=overwrite)
+    bar = None
     try:
         start = _check_resume(writer, attrs, data) if resuming else 0
         if data.classes and "classes" not in writer.h5:
@@ -263,7 +264,6 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
                                                  prefetch_factor=4)
         else:
             loader = threaded_batches(dataset, batch, threads)
-        bar = None
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=len(data), initial=start, unit="img", dynamic_ncols=True, smoothing=0.05,
@@ -312,6 +312,8 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
         rows_written = writer.rows
         writer.close()
     except BaseException:
+        if bar is not None:
+            bar.close()
         writer.abort()
         raise
     return {"rows": rows_written, "skipped": skipped, "seconds": seconds, "images": len(data) - start,
