@@ -134,7 +134,13 @@ def select_methods(spec: Optional[str], inputs: Inputs, label_source: str) -> Li
             check_train_labels(inputs, label_source)
         return methods
     methods = []
+    opt_in = [m for m in list_detectors() if not get_detector_class(m).default]
+    if opt_in:
+        inputs.notes.append(f"not run unless named in --methods (cost grows with train x test rows): "
+                            f"{', '.join(opt_in)}")
     for m in list_detectors():
+        if m in opt_in:
+            continue
         if "train_labels" in get_detector_class(m).requires and not inputs.has_train_labels:
             inputs.notes.append(f"{m} skipped: the train split has no labels (give --train_label)")
             continue

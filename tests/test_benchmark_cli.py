@@ -45,6 +45,7 @@ def test_cli_table_json_csv(files, capsys):
     from tests.test_detectors import CORE
     methods = {r["method"] for r in recs}
     assert set(CORE) <= methods and len(recs) == 2 * len(methods)
+    assert "knn" not in methods and "not run unless named in --methods" in out  # opt-in: train x test cost
     assert set(recs[0]) >= {"method", "dataset", "auroc", "fpr95", "aupr_in", "aupr_out"}
     assert {r["dataset"] for r in recs} == {"near", "far"}
     rows = list(csv.DictReader(open(d / "r.csv")))

@@ -23,6 +23,10 @@ class Detector:
     #: what the inputs must provide: "train_labels" (class-conditional statistics), or the name of an
     #: extra input the run puts in ``split.extras`` (e.g. "group_head")
     requires: tuple = ()
+    #: run when no --methods are given; False for detectors whose cost grows with train x test rows (kNN)
+    default: bool = True
+    #: the values --tune tries, next to the defaults
+    grid: dict = {}
 
     def fit(self, train: Split) -> "Detector":
         return self

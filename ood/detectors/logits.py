@@ -61,6 +61,8 @@ class MaxLogit(Detector):
 class Energy(Detector):
     """Energy score T * logsumexp(z / T) (Liu et al., NeurIPS 2020)."""
 
+    grid = {"T": [0.5, 1.0, 2.0, 5.0, 10.0]}
+
     def __init__(self, T: float = 1.0):
         self.T = T
 
@@ -79,6 +81,8 @@ class Entropy(Detector):
 @register("gen")
 class GEN(Detector):
     """Generalized entropy over the M largest probabilities (Liu et al., CVPR 2023)."""
+
+    grid = {"gamma": [0.01, 0.05, 0.1, 0.3, 0.5, 1.0], "M": [10, 50, 100, 1000]}
 
     def __init__(self, gamma: float = 0.1, M: int = 100):
         self.gamma, self.M = gamma, M

@@ -39,6 +39,8 @@ def _score_clipped(split: Split, c: float, fn) -> np.ndarray:
 class ReAct(Detector):
     """Energy of the logits of features clipped at the train quantile ``clip_quantile`` (Sun et al. 2021)."""
 
+    grid = {"clip_quantile": [0.8, 0.85, 0.9, 0.95, 0.99, 0.995, 0.999]}
+
     def __init__(self, clip_quantile: float = 0.99):
         self.clip_quantile = clip_quantile
 
@@ -54,6 +56,8 @@ class ReAct(Detector):
 class GENReAct(ReAct):
     """GEN on the softmax of ReAct-clipped logits (Liu et al., CVPR 2023)."""
 
+    grid = {"clip_quantile": [0.9, 0.95, 0.99, 0.995, 0.999], "gamma": [0.01, 0.05, 0.1, 0.3]}
+
     def __init__(self, clip_quantile: float = 0.99, gamma: float = 0.1, M: int = 100):
         super().__init__(clip_quantile)
         self.gamma, self.M = gamma, M
@@ -66,6 +70,8 @@ class GENReAct(ReAct):
 class LocalReAct(Detector):
     """ReAct with c = the ``clip_quantile_local`` quantile of the scored split's own features (GEN repo)."""
 
+    grid = {"clip_quantile_local": [0.99, 0.995, 0.999, 0.9995, 0.9999]}
+
     def __init__(self, clip_quantile_local: float = 0.9995):
         self.clip_quantile_local = clip_quantile_local
 
@@ -76,6 +82,8 @@ class LocalReAct(Detector):
 @register("gen_local_react")
 class GENLocalReAct(LocalReAct):
     """GEN on the softmax of Local-ReAct-clipped logits (GEN repository)."""
+
+    grid = {"clip_quantile_local": [0.99, 0.999, 0.9995, 0.9999], "gamma": [0.01, 0.05, 0.1, 0.3]}
 
     def __init__(self, clip_quantile_local: float = 0.9995, gamma: float = 0.1, M: int = 100):
         super().__init__(clip_quantile_local)
