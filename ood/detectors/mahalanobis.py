@@ -37,7 +37,8 @@ class Mahalanobis(Detector):
     def fit(self, train):
         cs = stats.class_stats(train)
         m = stats.moments(train)
-        L = pinv_factor(stats.within_class_scatter(train) / train.n)
+        L = train.memo("within_class_precision_factor",
+                       lambda: pinv_factor(stats.within_class_scatter(train) / train.n))
         self.center_ = m["mean"]
         self.L_ = L
         self.v_ = (cs["means"] - m["mean"]) @ L
