@@ -213,3 +213,17 @@ def test_mahalanobis_singular_covariance_uses_the_pseudo_inverse():
         x[:, 5] = x[:, 4]  # and a duplicated one
         p[key] = Split.from_arrays(key, x, p["head"], labels=p["arrays"][key][1])
     test_mahalanobis(p)
+
+
+def test_gen_is_accurate_for_peaked_softmax():
+    # 1 - p_max ~ 1e-17 cancels to 0 in a plain float64 softmax; the log-domain GEN keeps it (mpmath-checked)
+    import mpmath as mp
+    import torch
+    from ood.detectors.logits import gen_from_logits
+    mp.mp.dps = 50
+    z = [132.13, 93.49, 82.16, 0.0, -5.0]
+    e = [mp.e ** (mp.mpf(x) - mp.mpf(z[0])) for x in z]
+    ps = [v / sum(e) for v in e]
+    want = -sum(p ** mp.mpf("0.1") * (1 - p) ** mp.mpf("0.1") for p in ps)
+    got = gen_from_logits(torch.tensor([z], dtype=torch.float64), 0.1, 100)
+    assert float(got[0]) == pytest.approx(float(want), rel=1e-9)

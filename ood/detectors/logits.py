@@ -24,8 +24,19 @@ def gen(p: torch.Tensor, gamma: float = 0.1, M: int = 100) -> torch.Tensor:
 
 
 def gen_from_logits(z: torch.Tensor, gamma: float = 0.1, M: int = 100) -> torch.Tensor:
-    """GEN of softmax(z), with the softmax in float64: (1 - p)^gamma amplifies float32 rounding near p = 1."""
-    return gen(torch.softmax(z.double(), dim=1), gamma, M)
+    """GEN of softmax(z), in float64 and the log domain.
+
+    p^gamma weighs tiny probabilities heavily (1e-40 ** 0.1 = 1e-4), so they must not underflow, and
+    (1 - p)^gamma amplifies the rounding of 1 - p near p = 1, so 1 - p_max is the sum of all the other
+    probabilities (no cancellation). Only the M largest entries are raised to powers.
+    """
+    zs = z.double() - z.max(1, keepdim=True).values.double()  # the row maximum becomes 0
+    e = torch.exp(zs)
+    others = e.scatter(1, zs.argmax(1, keepdim=True), 0.0).sum(1, keepdim=True)
+    top = torch.topk(zs, M, dim=1, sorted=False).values if M < zs.shape[1] else zs
+    log_p = top - torch.log1p(others)
+    one_minus_p = torch.where(top == 0.0, others / (1 + others), -torch.expm1(log_p))
+    return -(torch.exp(gamma * log_p) * one_minus_p.pow(gamma)).sum(1)
 
 
 def neg_entropy(p: torch.Tensor) -> torch.Tensor:
