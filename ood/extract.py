@@ -144,6 +144,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 
 
 def autocast(amp: str, device: torch.device):
+    """The autocast context of ``--amp`` (auto, bf16, fp16, off) on ``device``."""
+    amp = resolve_amp(amp, device)
     if amp == "off":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
@@ -154,10 +156,10 @@ def cpus_per_rank(dist: Dist) -> int:
     return max(1, cpus // max(1, dist.local_world))
 
 
-def default_workers(dist: Dist, device: torch.device) -> int:
-    """GPU: worker processes, one a CPU (at most 8). CPU: 0, i.e. decoding on threads between forward passes,
-    since worker processes would compete with the model for the same cores."""
-    return min(8, cpus_per_rank(dist)) if device.type == "cuda" else 0
+def default_workers(dist: Dist, device: Optional[torch.device] = None) -> int:
+    """Worker processes: one a CPU of this rank, at most 8. On a CPU device 0, i.e. decoding on threads
+    between forward passes, since worker processes would compete with the model for the same cores."""
+    return 0 if device is not None and device.type == "cpu" else min(8, cpus_per_rank(dist))
 
 
 class Extractor:
