@@ -116,7 +116,7 @@ def test_vim(problem):
     u, NS = vim_space(W, b, xtr, D // 2)
     alpha = np.mean([(W @ h + b).max() for h in xtr]) / np.mean([np.linalg.norm((h - u) @ NS) for h in xtr])
     check(problem, "vim", lambda h, W, b, _: logsumexp(W @ h + b) - alpha * np.linalg.norm((h - u) @ NS),
-          rtol=1e-4)
+          rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dim", [3, 10])
