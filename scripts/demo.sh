@@ -32,7 +32,7 @@ for split in near_ood far_ood; do
     python extract_features.py "$DATA" "$FEAT/$split.h5" $EXTRACT --img_list "datalists/demo_$split.txt" --labels none
 done
 
-step "4/4 benchmark every detector: fit on train, score ID test and both OOD sets"
+step "4/4 benchmark the detectors: fit on train, score ID test and both OOD sets"
 python benchmark.py "$FEAT/fc.h5" "$FEAT/train.h5" "$FEAT/test.h5" "$FEAT/near_ood.h5" "$FEAT/far_ood.h5" \
     --device cpu --format markdown --json "$OUT/results.json" --csv "$OUT/results.csv" --plots "$OUT/plots" \
     > "$OUT/results.md"
