@@ -107,29 +107,20 @@ def prepare(data_root, lists_dir, seed: int = 0, test_fraction: float = 1 / 3, f
     return lists
 
 
-def preprocess(size: int = SIZE):
-    """What ``extract_features.py --resize size`` applies: RGB, bilinear resize to size x size, ImageNet mean/std."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from torchvision import transforms as T
-
-    return T.Compose([T.Lambda(lambda img: img.convert("RGB")),
-                      T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
-                      T.ToTensor(), T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
-
-
 def load_split(data_root, list_file, size: int = SIZE, limit: Optional[int] = None):
-    """(images [N, 3, size, size] float32, labels [N] int64) of a list, preprocessed as for extraction."""
+    """(images [N, 3, size, size] float32, labels [N] int64) of a list, through the extractor's own
+    ``--resize`` preprocessing (decode, resize, ImageNet mean/std), so training and extraction see the same."""
     import torch
-    from PIL import Image
+
+    from .backbones import resize_transform
+    from .extract import load_image
 
     items = read_list(list_file)
     n = len(items) if limit is None else min(limit, len(items))
-    transform = preprocess(size)
-    images = []
-    for path in items.paths[:n]:
-        with Image.open(Path(data_root) / path) as img:
-            images.append(transform(img))
-    return torch.stack(images), torch.as_tensor(items.labels[:n], dtype=torch.long)
+    transform, mean, std, _ = resize_transform(size)
+    images = torch.stack([transform(load_image(Path(data_root) / path)) for path in items.paths[:n]])
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (mean, std))
+    return (images.float() / 255 - mean) / std, torch.as_tensor(items.labels[:n], dtype=torch.long)
 
 
 @contextmanager
