@@ -31,10 +31,10 @@ def write_plots(result, out_dir) -> list:
     for method, s in result.scores.items():
         sets = result.datasets
         fig, axes = plt.subplots(1, len(sets) + 1, figsize=(4 * (len(sets) + 1), 3.4))
-        lo = min(np.percentile(v, 0.5) for v in s.values())
-        hi = max(np.percentile(v, 99.5) for v in s.values())
-        bins = np.linspace(lo, hi, 60) if hi > lo else 30
         for ax, name in zip(axes[:-1], sets):
+            both = np.concatenate([s["id"], s[name]])  # each panel its own range: one extreme set squeezes none
+            lo, hi = np.percentile(both, [0.5, 99.5])
+            bins = np.linspace(lo, hi, 60) if hi > lo else 30
             ax.hist(s["id"], bins=bins, alpha=0.55, density=True, label="ID test", color="tab:blue")
             ax.hist(s[name], bins=bins, alpha=0.55, density=True, label=name, color="tab:red")
             r = by[method, name]
