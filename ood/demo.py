@@ -165,7 +165,7 @@ def train(data_root, train_list, test_list, out, model_name: str = "resnet18", e
     from safetensors.torch import save_file
     from tqdm import tqdm
 
-    from .backbones import file_sha256
+    from .features import file_sha256
 
     with deterministic(seed, threads):
         x_train, y_train = load_split(data_root, train_list, size, limit)

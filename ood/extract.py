@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .backbones import BACKENDS, Backbone, create_backbone, file_sha256
+from .backbones import BACKENDS, Backbone, create_backbone
 from .data import LIST_FORMATS, DataList, ListFormatError, read_list, scan_folder
-from .features import PARTIAL_SUFFIX, FeatureFile, FeatureFileError, FeatureWriter, base_attrs, write_fc
+from .features import (PARTIAL_SUFFIX, FeatureFile, FeatureFileError, FeatureWriter, base_attrs, file_sha256,
+                       write_fc)
 
 RESERVED = ("features", "logits", "labels", "paths", "skipped_paths", "classes", "fc")
 #: attributes that must agree between a partial file and the run that resumes it

@@ -8,6 +8,7 @@ A file is written under ``<path>.partial`` and renamed when every row is in, so 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import pickle
@@ -31,6 +32,15 @@ class FeatureFileError(ValueError):
 
 def _err(path, problem: str) -> FeatureFileError:
     return FeatureFileError(f"{path}: {problem}")
+
+
+def file_sha256(path) -> str:
+    """The sha256 of a file (checkpoints in the file attributes; copies of feature files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def library_versions() -> str:

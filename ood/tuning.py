@@ -9,7 +9,6 @@ else from a seeded share of the ID test split, which is then left out of the rep
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from . import metrics
 from .detectors import create, get_detector_class
-from .features import FeatureFile
+from .features import FeatureFile, file_sha256
 from .split import Split
 
 VAL_SHARE = 0.1
@@ -82,20 +81,12 @@ def _fmt(point: dict) -> str:
 # ------------------------------------------------------------------ validation sets
 
 
-def file_digest(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def same_file(a, b) -> bool:
     """The same resolved path, or the same size and content."""
     a, b = Path(a), Path(b)
     if a.resolve() == b.resolve():
         return True
-    return a.stat().st_size == b.stat().st_size and file_digest(a) == file_digest(b)
+    return a.stat().st_size == b.stat().st_size and file_sha256(a) == file_sha256(b)
 
 
 def refuse_test_files(path, role: str, tests: dict):

@@ -9,7 +9,6 @@ describes it all (stored in the feature file). ``resize=N`` replaces the model's
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 from pathlib import Path
@@ -155,14 +154,6 @@ def linear_params(layer: nn.Module, dim: int) -> Tuple[np.ndarray, np.ndarray]:
             if not torch.allclose(layer(x).float(), x @ w.T + b, rtol=1e-3, atol=1e-3):
                 raise ValueError(f"the head {type(layer).__name__} is not an affine map of the features")
     return (w.float().cpu().numpy().astype(np.float32), b.float().cpu().numpy().astype(np.float32).reshape(-1))
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_lines(path, what: str) -> list:

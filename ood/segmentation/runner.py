@@ -20,10 +20,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from ..backbones import file_sha256
 from ..data import LIST_FORMATS, DataList, ListFormatError, decode_imagenet_s_mask
 from ..extract import Dist, ImageDataset, ImageError, autocast, default_workers, load_inputs, resolve_device
-from ..features import PARTIAL_SUFFIX, FeatureFileError
+from ..features import PARTIAL_SUFFIX, FeatureFileError, file_sha256
 from .scoremaps import PIXEL_DETECTORS, check_detectors, score_maps
 from .store import SegmentationWriter
 
