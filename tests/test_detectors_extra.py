@@ -50,7 +50,11 @@ def test_registry_has_every_extra_detector_with_a_grid_of_its_own_parameters():
 @pytest.mark.parametrize("T", [1.0, 1000.0])
 def test_odin_without_noise(problem, T):
     W, b, _, _ = arrays(problem)
-    check(problem, "odin", lambda h: softmax((W @ h + b) / T).max(), T=T)
+    check(problem, "odin", lambda h: log_odds(softmax((W @ h + b) / T).max()), atol=1e-5, T=T)
+
+
+def log_odds(p):
+    return np.log(p) - np.log1p(-p)
 
 
 def test_temp_scaling_fits_the_nll_minimum():
@@ -69,7 +73,15 @@ def test_temp_scaling_fits_the_nll_minimum():
     det = create("temp_scaling").fit(train)
     assert det.T_ == pytest.approx(best, rel=1e-4)
     assert abs(det.T_ - 1) > 0.05  # a case where fitting matters
-    np.testing.assert_allclose(det.score(train), [softmax(zi / best).max() for zi in z], rtol=1e-4)
+    np.testing.assert_allclose(det.score(train), [log_odds(softmax(zi / best).max()) for zi in z], rtol=1e-4)
+
+
+def test_temp_scaling_keeps_the_ranking_when_the_fitted_T_is_small():
+    # an overfit model: NLL falls as T -> 0, and max softmax(z / T) is 1.0 in floating point for every row
+    z = np.array([[30.0, 0.0, 0.0], [20.0, 0.0, 0.0], [10.0, 0.0, -1.0]], np.float32)
+    head = Head(np.eye(3, dtype=np.float32), np.zeros(3, np.float32))
+    scores = create("odin", T=1e-3).score(Split.from_arrays("s", z, head))
+    assert scores[0] > scores[1] > scores[2]
 
 
 def knn_distances(xtr, h):
