@@ -42,30 +42,33 @@ def _preamble(result) -> list:
     return lines
 
 
+def render(header, rows, fmt: str = "table") -> list:
+    """The lines of one table: aligned plain text, Markdown or a LaTeX tabular."""
+    if fmt == "markdown":
+        return (["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+                + ["| " + " | ".join(r) + " |" for r in rows])
+    if fmt == "latex":
+        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
+        return ([r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+                 " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+                + [" & ".join(esc(c) for c in r) + r" \\" for r in rows] + [r"\bottomrule", r"\end{tabular}"])
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
 def format_table(result, fmt: str = "table") -> str:
+    """The benchmark table under its preamble (FPR convention, ID accuracy, notes)."""
     header, rows = _rows(result)
     pre = _preamble(result)
     if fmt == "markdown":
-        lines = [f"{line}  " for line in pre] + [""]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    if fmt == "latex":
-        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-        lines = [f"% {line}" for line in pre]
-        lines.append(r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}")
-        lines.append(r"\toprule")
-        lines.append(" & ".join(esc(h) for h in header) + r" \\")
-        lines.append(r"\midrule")
-        lines += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        return "\n".join(lines)
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-    fmt_row = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                      for i, (c, w) in enumerate(zip(cells, widths)))
-    lines = pre + ["", fmt_row(header), "  ".join("-" * w for w in widths)] + [fmt_row(r) for r in rows]
-    return "\n".join(lines)
+        pre = [f"{line}  " for line in pre] + [""]
+    elif fmt == "latex":
+        pre = [f"% {line}" for line in pre]
+    else:
+        pre = pre + [""]
+    return "\n".join(pre + render(header, rows, fmt))
 
 
 def records(result) -> list:

@@ -160,21 +160,6 @@ def _accuracy_rows(res: SoodResult):
     return header, rows
 
 
-def _render(header, rows, fmt: str) -> List[str]:
-    if fmt == "markdown":
-        return (["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-                + ["| " + " | ".join(r) + " |" for r in rows])
-    if fmt == "latex":
-        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-        return ([r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
-                 " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-                + [" & ".join(esc(c) for c in r) + r" \\" for r in rows] + [r"\bottomrule", r"\end{tabular}"])
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
-
-
 def format_report(res: SoodResult, fmt: str = "table") -> str:
     """The detection table (IID test vs each shifted split) and the accuracy table (split x superclass)."""
     det = res.detection
@@ -185,7 +170,7 @@ def format_report(res: SoodResult, fmt: str = "table") -> str:
         comment = {"latex": "% ", "markdown": ""}.get(fmt, "")
         out += ["", f"{comment}Top-1 accuracy (%) per split, overall ({ALL}) and per superclass"]
         out += [""] if fmt == "markdown" else []
-        out += _render(*_accuracy_rows(res), fmt)
+        out += report.render(*_accuracy_rows(res), fmt)
     return "\n".join(out)
 
 

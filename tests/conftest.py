@@ -30,6 +30,21 @@ def make_problem(seed=0, C=7, D=16, n_train=400, n_test=120, n_ood=90):
     }
 
 
+def write_problem_files(directory, seed=5):
+    """A problem as benchmark.py inputs: fc.h5, train.h5, val.h5 (ID test), near.h5 and far.h5 (OOD)."""
+    from ood.features import write_fc, write_features
+
+    p = make_problem(seed=seed)
+    head = p["head"]
+    write_fc(directory / "fc.h5", head.weight, head.bias)
+    for name, key in (("train", "train"), ("val", "test"), ("near", "ood")):
+        x, y = p["arrays"][key]
+        write_features(directory / f"{name}.h5", x, labels=y)
+    far = np.abs(np.random.default_rng(9).normal(size=(70, head.dim)) * 3).astype(np.float32)
+    write_features(directory / "far.h5", far)
+    return p
+
+
 @pytest.fixture
 def problem():
     return make_problem()

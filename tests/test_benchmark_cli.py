@@ -12,23 +12,15 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from ood.benchmark import main
-from ood.features import write_fc, write_features
-from tests.conftest import make_problem
+from ood.features import write_features
+from tests.conftest import write_problem_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def files(tmp_path):
-    p = make_problem(seed=5)
-    head = p["head"]
-    write_fc(tmp_path / "fc.h5", head.weight, head.bias)
-    for name, key in (("train", "train"), ("val", "test"), ("near", "ood")):
-        x, y = p["arrays"][key]
-        write_features(tmp_path / f"{name}.h5", x, labels=y)
-    x = np.random.default_rng(9).normal(size=(70, head.dim)).astype(np.float32) * 3
-    write_features(tmp_path / "far.h5", x)
-    return tmp_path, p
+    return tmp_path, write_problem_files(tmp_path)
 
 
 def args(d, *extra):

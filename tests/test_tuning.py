@@ -12,9 +12,9 @@ from sklearn.metrics import roc_auc_score
 from ood import tuning
 from ood.benchmark import main
 from ood.detectors import base, create
-from ood.features import Head, write_fc, write_features
+from ood.features import Head, write_features
 from ood.split import Split
-from tests.conftest import make_problem
+from tests.conftest import make_problem, write_problem_files
 
 
 class Column(base.Detector):
@@ -89,15 +89,9 @@ def test_hold_out_is_seeded_and_disjoint():
 
 @pytest.fixture
 def files(tmp_path):
-    p = make_problem(seed=5)
-    head = p["head"]
-    write_fc(tmp_path / "fc.h5", head.weight, head.bias)
-    for name, key in (("train", "train"), ("val", "test"), ("near", "ood")):
-        x, y = p["arrays"][key]
-        write_features(tmp_path / f"{name}.h5", x, labels=y)
-    rng = np.random.default_rng(9)
-    write_features(tmp_path / "far.h5", np.abs(rng.normal(size=(70, head.dim)) * 3).astype(np.float32))
-    write_features(tmp_path / "ood_val.h5", np.abs(rng.normal(size=(60, head.dim)) * 2.5).astype(np.float32))
+    p = write_problem_files(tmp_path)
+    rng = np.random.default_rng(10)
+    write_features(tmp_path / "ood_val.h5", np.abs(rng.normal(size=(60, p["head"].dim)) * 2.5).astype(np.float32))
     q = make_problem(seed=6)
     write_features(tmp_path / "id_val.h5", q["arrays"]["test"][0], labels=q["arrays"]["test"][1])
     return tmp_path, p
