@@ -19,8 +19,8 @@ def random_group_head(seed=0, scale=1.0):
     rng = np.random.default_rng(seed)
     G = LAYOUT.max() + 1
     return GroupHead((rng.normal(size=(C, D)) * scale).astype(np.float32), rng.normal(size=C).astype(np.float32),
-                     (rng.normal(size=(G, D)) * scale).astype(np.float32), rng.normal(size=G).astype(np.float32),
-                     LAYOUT.copy())
+                     others_weight=(rng.normal(size=(G, D)) * scale).astype(np.float32),
+                     others_bias=rng.normal(size=G).astype(np.float32), group_of_class=LAYOUT.copy())
 
 
 def group_softmaxes(h, head):

@@ -12,7 +12,7 @@ plus ``groups/others_weight`` [G, D], ``groups/others_bias`` [G], ``groups/group
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -27,29 +27,18 @@ GROUP_HEAD = "group_softmax"
 FLAT_HEAD = "flat_softmax"
 
 
-@dataclass
-class GroupHead:
-    """Class rows (weight [C, D], bias [C]) and per-group "others" rows (others_weight [G, D], others_bias [G])."""
+@dataclass(kw_only=True)
+class GroupHead(Head):
+    """A head's class rows (weight [C, D], bias [C]) plus per-group "others" rows (others_weight [G, D],
+    others_bias [G]) and the group of every class."""
 
-    weight: np.ndarray
-    bias: np.ndarray
     others_weight: np.ndarray
     others_bias: np.ndarray
     group_of_class: np.ndarray
-    class_names: Optional[list] = None
-    attrs: dict = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return self.weight.shape[0]
 
     @property
     def num_groups(self) -> int:
         return self.others_weight.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.weight.shape[1]
 
     def class_head(self) -> Head:
         return Head(self.weight, self.bias, self.class_names, self.attrs)
@@ -249,7 +238,8 @@ def read_group_head(path) -> GroupHead:
                                f"others weight {ow.shape}, others bias {ob.shape}, fc {fc.weight.shape}")
     if not (np.isfinite(ow).all() and np.isfinite(ob).all()):
         raise FeatureFileError(f"{path}: groups/others_weight or others_bias contains NaN or Inf")
-    return GroupHead(fc.weight, fc.bias, ow, ob, g, fc.class_names, fc.attrs)
+    return GroupHead(fc.weight, fc.bias, fc.class_names, fc.attrs, others_weight=ow, others_bias=ob,
+                     group_of_class=g)
 
 
 def group_accuracy(head: GroupHead, features: np.ndarray, labels: np.ndarray, device="auto",

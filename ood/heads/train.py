@@ -130,4 +130,5 @@ def train_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
               "weight_decay": 0.0, "init": "zeros", "seed": seed, "epochs": epochs, "train_rows": n}
     if not G:
         return Head(w, b), recipe
-    return GroupHead(w[:C], b[:C], w[C:], b[C:], np.asarray(group_of_class, dtype=np.int64)), recipe
+    return GroupHead(w[:C], b[:C], others_weight=w[C:], others_bias=b[C:],
+                     group_of_class=np.asarray(group_of_class, dtype=np.int64)), recipe
