@@ -95,7 +95,7 @@ def test_mahalanobis_is_skipped_without_train_labels(files, capsys):
     assert "mahalanobis skipped" in out and "\nmahalanobis " not in out
 
 
-def expect_error(capsys, argv, *needles):
+def assert_one_line_error(capsys, argv, *needles):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
@@ -105,31 +105,31 @@ def expect_error(capsys, argv, *needles):
 
 def test_bad_inputs_give_one_line(files, capsys):
     d, p = files
-    expect_error(capsys, args(d)[:4] + [str(d / "nope.h5")], "nope.h5", "no such file")
+    assert_one_line_error(capsys, args(d)[:4] + [str(d / "nope.h5")], "nope.h5", "no such file")
     data = (d / "val.h5").read_bytes()
     (d / "cut.h5").write_bytes(data[: len(data) // 2])
-    expect_error(capsys, args(d)[:2] + [str(d / "cut.h5")] + args(d)[3:], "cut.h5")
+    assert_one_line_error(capsys, args(d)[:2] + [str(d / "cut.h5")] + args(d)[3:], "cut.h5")
     with h5py.File(d / "far.h5", "r+") as h5:
         h5.attrs["complete"] = False
-    expect_error(capsys, args(d), "far.h5", "incomplete")
+    assert_one_line_error(capsys, args(d), "far.h5", "incomplete")
     write_features(d / "far.h5", np.zeros((5, p["head"].dim + 1), np.float32))
-    expect_error(capsys, args(d), "far.h5", "width")
+    assert_one_line_error(capsys, args(d), "far.h5", "width")
     x = np.zeros((5, p["head"].dim), np.float32)
     x[3, 2] = np.nan
     write_features(d / "far.h5", x)
-    expect_error(capsys, args(d), "far.h5", "NaN")
+    assert_one_line_error(capsys, args(d), "far.h5", "NaN")
     write_features(d / "far.h5", np.zeros((0, p["head"].dim), np.float32))
-    expect_error(capsys, args(d), "far.h5", "no rows")
+    assert_one_line_error(capsys, args(d), "far.h5", "no rows")
     write_features(d / "far.h5", np.ones((5, p["head"].dim), np.float32))
     y = p["arrays"]["train"][1].copy()
     y[7] = 99
     write_features(d / "train.h5", p["arrays"]["train"][0], labels=y)
-    expect_error(capsys, args(d, "--methods", "mahalanobis"), "train.h5", "outside")
+    assert_one_line_error(capsys, args(d, "--methods", "mahalanobis"), "train.h5", "outside")
     write_features(d / "train.h5", p["arrays"]["train"][0], labels=p["arrays"]["train"][1])
     (d / "short.txt").write_text("a 1\nb 2\n")
-    expect_error(capsys, args(d, "--train_label", str(d / "short.txt")), "short.txt", "2 labels")
-    expect_error(capsys, args(d, "--methods", "msp,bogus"), "bogus")
-    expect_error(capsys, args(d, "--param", "vim.bogus=1"), "vim.bogus")
+    assert_one_line_error(capsys, args(d, "--train_label", str(d / "short.txt")), "short.txt", "2 labels")
+    assert_one_line_error(capsys, args(d, "--methods", "msp,bogus"), "bogus")
+    assert_one_line_error(capsys, args(d, "--param", "vim.bogus=1"), "vim.bogus")
 
 
 def test_script_runs_as_a_program(files):

@@ -24,7 +24,7 @@ def each_split(problem):
         yield key, problem["arrays"][key][0].astype(np.float64), W, b, xtr
 
 
-def check(problem, name, slow, rtol=1e-5, atol=1e-6, **params):
+def assert_matches_slow(problem, name, slow, rtol=1e-5, atol=1e-6, **params):
     got = dict(zip(("test", "ood"), scores(problem, name, **params)))
     for key, x, W, b, xtr in each_split(problem):
         want = np.array([slow(h, W, b, xtr) for h in x])
@@ -37,23 +37,23 @@ def test_registry_has_exactly_the_core_names():
 
 
 def test_msp(problem):
-    check(problem, "msp", lambda h, W, b, _: softmax(W @ h + b).max())
+    assert_matches_slow(problem, "msp", lambda h, W, b, _: softmax(W @ h + b).max())
 
 
 def test_maxlogit(problem):
-    check(problem, "maxlogit", lambda h, W, b, _: (W @ h + b).max())
+    assert_matches_slow(problem, "maxlogit", lambda h, W, b, _: (W @ h + b).max())
 
 
 @pytest.mark.parametrize("T", [1.0, 2.5])
 def test_energy(problem, T):
-    check(problem, "energy", lambda h, W, b, _: T * np.log(np.sum(np.exp((W @ h + b) / T))), T=T)
+    assert_matches_slow(problem, "energy", lambda h, W, b, _: T * np.log(np.sum(np.exp((W @ h + b) / T))), T=T)
 
 
 def test_entropy(problem):
     def slow(h, W, b, _):
         p = softmax(W @ h + b)
         return sum(pi * np.log(pi) for pi in p if pi > 0)
-    check(problem, "entropy", slow)
+    assert_matches_slow(problem, "entropy", slow)
 
 
 def gen_slow(p, gamma=0.1, M=100):
@@ -63,7 +63,7 @@ def gen_slow(p, gamma=0.1, M=100):
 
 @pytest.mark.parametrize("M", [100, 3])
 def test_gen(problem, M):
-    check(problem, "gen", lambda h, W, b, _: gen_slow(softmax(W @ h + b), 0.1, M), M=M)
+    assert_matches_slow(problem, "gen", lambda h, W, b, _: gen_slow(softmax(W @ h + b), 0.1, M), M=M)
 
 
 def test_gradnorm_equals_autograd(problem):
@@ -81,12 +81,12 @@ def test_gradnorm_equals_autograd(problem):
 
 def test_react(problem):
     c = np.quantile(problem["arrays"]["train"][0], 0.99)
-    check(problem, "react", lambda h, W, b, _: logsumexp(W @ np.minimum(h, c) + b))
+    assert_matches_slow(problem, "react", lambda h, W, b, _: logsumexp(W @ np.minimum(h, c) + b))
 
 
 def test_gen_react(problem):
     c = np.quantile(problem["arrays"]["train"][0], 0.9)
-    check(problem, "gen_react", lambda h, W, b, _: gen_slow(softmax(W @ np.minimum(h, c) + b), 0.2, 4),
+    assert_matches_slow(problem, "gen_react", lambda h, W, b, _: gen_slow(softmax(W @ np.minimum(h, c) + b), 0.2, 4),
           clip_quantile=0.9, gamma=0.2, M=4)
 
 
@@ -115,7 +115,7 @@ def test_vim(problem):
     _, _, W, b, xtr = next(each_split(problem))
     u, NS = vim_space(W, b, xtr, D // 2)
     alpha = np.mean([(W @ h + b).max() for h in xtr]) / np.mean([np.linalg.norm((h - u) @ NS) for h in xtr])
-    check(problem, "vim", lambda h, W, b, _: logsumexp(W @ h + b) - alpha * np.linalg.norm((h - u) @ NS),
+    assert_matches_slow(problem, "vim", lambda h, W, b, _: logsumexp(W @ h + b) - alpha * np.linalg.norm((h - u) @ NS),
           rtol=1e-4, atol=1e-4)
 
 
@@ -123,8 +123,8 @@ def test_vim(problem):
 def test_residual_and_gen_residual(problem, dim):
     _, _, W, b, xtr = next(each_split(problem))
     u, NS = vim_space(W, b, xtr, dim)
-    check(problem, "residual", lambda h, W, b, _: -np.linalg.norm((h - u) @ NS), rtol=1e-4, dim=dim)
-    check(problem, "gen_residual",
+    assert_matches_slow(problem, "residual", lambda h, W, b, _: -np.linalg.norm((h - u) @ NS), rtol=1e-4, dim=dim)
+    assert_matches_slow(problem, "gen_residual",
           lambda h, W, b, _: np.linalg.norm((h - u) @ NS) * gen_slow(softmax(W @ h + b)), rtol=1e-4, dim=dim)
 
 
@@ -134,13 +134,17 @@ def test_vim_default_dim_follows_feature_width(problem):
 
 
 def test_mahalanobis(problem):
+    assert_mahalanobis_matches_slow(problem)
+
+
+def assert_mahalanobis_matches_slow(problem):
     xtr, ytr = problem["arrays"]["train"]
     xtr = xtr.astype(np.float64)
     classes = np.unique(ytr)
     means = np.array([xtr[ytr == c].mean(0) for c in classes])
     centred = np.concatenate([xtr[ytr == c] - means[i] for i, c in enumerate(classes)])
     prec = np.linalg.pinv(centred.T @ centred / len(centred), hermitian=True)
-    check(problem, "mahalanobis",
+    assert_matches_slow(problem, "mahalanobis",
           lambda h, W, b, _: -min((h - m) @ prec @ (h - m) for m in means), rtol=1e-4, atol=1e-4)
 
 
@@ -155,7 +159,7 @@ def test_kl_matching_leaves_out_unpredicted_classes(problem):
 
     def kl(p, q):
         return sum(pi * np.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
-    check(problem, "kl_matching", lambda h, W, b, _: -min(kl(softmax(W @ h + b), q) for q in qs),
+    assert_matches_slow(problem, "kl_matching", lambda h, W, b, _: -min(kl(softmax(W @ h + b), q) for q in qs),
           rtol=1e-4, atol=1e-5)
 
 
@@ -212,7 +216,7 @@ def test_mahalanobis_singular_covariance_uses_the_pseudo_inverse():
         x[:, 3] = 0.0  # a dead unit: the covariance is singular, Cholesky fails
         x[:, 5] = x[:, 4]  # and a duplicated one
         p[key] = Split.from_arrays(key, x, p["head"], labels=p["arrays"][key][1])
-    test_mahalanobis(p)
+    assert_mahalanobis_matches_slow(p)
 
 
 def test_gen_is_accurate_for_peaked_softmax():

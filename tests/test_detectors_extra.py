@@ -25,7 +25,7 @@ def arrays(problem):
     return W, b, xtr.astype(np.float64), ytr
 
 
-def check(problem, name, slow, rtol=1e-5, atol=1e-6, **params):
+def assert_matches_slow(problem, name, slow, rtol=1e-5, atol=1e-6, **params):
     det = create(name, **params).fit(problem["train"])
     for key in ("test", "ood"):
         got = det.score(problem[key])
@@ -50,7 +50,7 @@ def test_registry_has_every_extra_detector_with_a_grid_of_its_own_parameters():
 @pytest.mark.parametrize("T", [1.0, 1000.0])
 def test_odin_without_noise(problem, T):
     W, b, _, _ = arrays(problem)
-    check(problem, "odin", lambda h: log_odds(softmax((W @ h + b) / T).max()), atol=1e-5, T=T)
+    assert_matches_slow(problem, "odin", lambda h: log_odds(softmax((W @ h + b) / T).max()), atol=1e-5, T=T)
 
 
 def log_odds(p):
@@ -95,7 +95,7 @@ def test_knn_kth_distance(problem, k, monkeypatch):
     monkeypatch.setattr(knn, "faiss", None)
     monkeypatch.setattr(knn, "BANK_ROWS", 64)  # many blocks: the running top-k merge is exercised
     _, _, xtr, _ = arrays(problem)
-    check(problem, "knn", lambda h: -knn_distances(xtr, h)[k - 1], rtol=1e-4, atol=1e-5, k=k)
+    assert_matches_slow(problem, "knn", lambda h: -knn_distances(xtr, h)[k - 1], rtol=1e-4, atol=1e-5, k=k)
 
 
 def test_knn_ranks_as_openood_squared_distance(problem, monkeypatch):
@@ -120,7 +120,7 @@ def test_knn_smaller_k_reuses_the_larger_search(problem, monkeypatch):
 @pytest.mark.skipif(knn.faiss is None, reason="faiss is not installed")
 def test_knn_faiss_path(problem):
     _, _, xtr, _ = arrays(problem)
-    check(problem, "knn", lambda h: -knn_distances(xtr, h)[9], rtol=1e-4, atol=1e-5, k=10)
+    assert_matches_slow(problem, "knn", lambda h: -knn_distances(xtr, h)[9], rtol=1e-4, atol=1e-5, k=10)
 
 
 def test_knn_refuses_k_above_the_bank(problem):
@@ -138,7 +138,7 @@ def test_nnguide_full_bank(problem, k, monkeypatch):
     def slow(h):
         sims = np.sort(bank @ (h / np.linalg.norm(h)))[::-1]
         return sims[:k].mean() * energy(W @ h + b)
-    check(problem, "nnguide", slow, rtol=1e-4, k=k, alpha=1.0)
+    assert_matches_slow(problem, "nnguide", slow, rtol=1e-4, k=k, alpha=1.0)
 
 
 def test_nnguide_bank_is_an_alpha_share_of_at_least_k_rows(problem):
@@ -157,7 +157,7 @@ def ash_prune(h, percentile):
 @pytest.mark.parametrize("percentile", [65, 90])
 def test_ash_p(problem, percentile):
     W, b, _, _ = arrays(problem)
-    check(problem, "ash_p", lambda h: energy(W @ ash_prune(h, percentile)[0] + b), percentile=percentile)
+    assert_matches_slow(problem, "ash_p", lambda h: energy(W @ ash_prune(h, percentile)[0] + b), percentile=percentile)
 
 
 @pytest.mark.parametrize("percentile", [65, 90])
@@ -169,7 +169,7 @@ def test_ash_b(problem, percentile):
         out = np.zeros_like(h)
         out[keep] = h.sum() / k
         return energy(W @ out + b)
-    check(problem, "ash_b", slow, percentile=percentile)
+    assert_matches_slow(problem, "ash_b", slow, percentile=percentile)
 
 
 @pytest.mark.parametrize("percentile", [65, 90])
@@ -179,7 +179,7 @@ def test_ash_s(problem, percentile):
     def slow(h):
         p, _, _ = ash_prune(h, percentile)
         return energy(W @ (p * np.exp(h.sum() / p.sum())) + b)
-    check(problem, "ash_s", slow, rtol=2e-5, percentile=percentile)
+    assert_matches_slow(problem, "ash_s", slow, rtol=2e-5, percentile=percentile)
 
 
 @pytest.mark.parametrize("percentile", [65, 85])
@@ -189,13 +189,13 @@ def test_scale(problem, percentile):
     def slow(h):
         p, _, _ = ash_prune(h, percentile)
         return energy(W @ (h * np.exp(h.sum() / p.sum())) + b)
-    check(problem, "scale", slow, rtol=2e-5, percentile=percentile)
+    assert_matches_slow(problem, "scale", slow, rtol=2e-5, percentile=percentile)
 
 
 def test_vra(problem):
     W, b, xtr, _ = arrays(problem)
     lo, hi = np.percentile(problem["arrays"]["train"][0].ravel(), [5, 95])
-    check(problem, "vra", lambda h: energy(W @ np.clip(h, lo, hi) + b), percentile_low=5, percentile_high=95)
+    assert_matches_slow(problem, "vra", lambda h: energy(W @ np.clip(h, lo, hi) + b), percentile_low=5, percentile_high=95)
 
 
 @pytest.mark.parametrize("sparsity", [0.7, 0.9])
@@ -203,7 +203,7 @@ def test_dice(problem, sparsity):
     W, b, xtr, _ = arrays(problem)
     contrib = xtr.mean(0)[None, :] * W
     masked = W * (contrib > np.percentile(contrib, 100 * sparsity))  # OpenOOD's p = 100 * sparsity
-    check(problem, "dice", lambda h: energy(masked @ h + b), rtol=1e-5, sparsity=sparsity)
+    assert_matches_slow(problem, "dice", lambda h: energy(masked @ h + b), rtol=1e-5, sparsity=sparsity)
 
 
 def test_she(problem):
@@ -213,7 +213,7 @@ def test_she(problem):
     for c in range(W.shape[0]):
         rows = xtr[(ytr == c) & (pred == c)]
         means.append(rows.mean(0) if len(rows) else xtr.mean(0))
-    check(problem, "she", lambda h: h @ means[np.argmax(W @ h + b)], rtol=1e-5)
+    assert_matches_slow(problem, "she", lambda h: h @ means[np.argmax(W @ h + b)], rtol=1e-5)
 
 
 def test_she_class_without_a_correct_train_sample_falls_back_to_the_train_mean(problem):
@@ -234,7 +234,7 @@ def test_nci(problem, alpha):
     def slow(h):
         c = h - m
         return W[np.argmax(W @ h + b)] @ c / np.linalg.norm(c) + alpha * np.abs(h).sum()
-    check(problem, "nci", slow, rtol=1e-5, atol=1e-5, alpha=alpha)
+    assert_matches_slow(problem, "nci", slow, rtol=1e-5, atol=1e-5, alpha=alpha)
 
 
 def fdbd_openood(W, b, m, h):
@@ -249,13 +249,13 @@ def fdbd_openood(W, b, m, h):
 def test_fdbd_is_openood_over_c_minus_1(problem, center):
     W, b, xtr, _ = arrays(problem)
     m = xtr.mean(0) if center else np.zeros(W.shape[1])
-    check(problem, "fdbd", lambda h: fdbd_openood(W, b, m, h) / (W.shape[0] - 1), rtol=1e-4, center=center)
+    assert_matches_slow(problem, "fdbd", lambda h: fdbd_openood(W, b, m, h) / (W.shape[0] - 1), rtol=1e-4, center=center)
 
 
 def test_nusa(problem):
     W, b, _, _ = arrays(problem)
     P = np.linalg.pinv(W) @ W
-    check(problem, "nusa", lambda h: np.linalg.norm(P @ h) / np.linalg.norm(h), rtol=1e-5)
+    assert_matches_slow(problem, "nusa", lambda h: np.linalg.norm(P @ h) / np.linalg.norm(h), rtol=1e-5)
 
 
 def test_nusa_is_one_when_the_head_spans_the_features():
@@ -276,7 +276,7 @@ def test_neco_against_sklearn(problem, params):
     def slow(h):
         s = ss.transform(h[None])
         return np.linalg.norm(pca.transform(s)[0, :dim]) / np.linalg.norm(s) * (W @ h + b).max()
-    det = check(problem, "neco", slow, rtol=1e-4, atol=1e-5, **params)
+    det = assert_matches_slow(problem, "neco", slow, rtol=1e-4, atol=1e-5, **params)
     assert det.dim_ == dim
 
 
@@ -291,7 +291,7 @@ def test_rmd_as_openood(problem):
     def slow(h):
         background = -(h - m0) @ P0 @ (h - m0)
         return max(-(h - means[c]) @ P @ (h - means[c]) - background for c in range(C))
-    check(problem, "rmd", slow, rtol=1e-4, atol=1e-4)
+    assert_matches_slow(problem, "rmd", slow, rtol=1e-4, atol=1e-4)
 
 
 def test_train_statistics_are_shared_through_the_memo(problem):
