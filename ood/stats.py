@@ -103,22 +103,25 @@ def within_class_scatter(train: Split) -> np.ndarray:
     return m["gram"] - (b * cs["counts"][:, None]).T @ b
 
 
-def logit_stats(train: Split) -> dict:
-    """One streamed pass over the train logits, none of them kept: ``max_logit`` [N], and per predicted class
-    the ``pred_counts`` [C] and ``softmax_sums`` [C, C] (sum of the softmax of the rows predicted as c)."""
+def logit_stats(split: Split) -> dict:
+    """Everything the detectors need of a split's logits but the logits, from one streamed pass (the train
+    split's N x C logits are never kept): per row ``max_logit``, ``pred`` and ``energy`` (logsumexp), and per
+    predicted class ``pred_counts`` [C] and ``softmax_sums`` [C, C] (sum of the softmax of its rows)."""
     def compute():
-        C = train.num_classes
-        sums = torch.zeros(C, C, dtype=torch.float64, device=train.device)
-        counts = torch.zeros(C, dtype=torch.float64, device=train.device)
-        max_logit = np.empty(train.n, np.float64)
-        for lo, hi, z in train.blocks("logits"):
-            max_logit[lo:hi] = z.max(1).values.cpu().numpy()
-            p = torch.softmax(z, dim=1)
-            pred = p.argmax(1)
-            sums.index_add_(0, pred, p.double())
-            counts.index_add_(0, pred, torch.ones_like(pred, dtype=torch.float64))
-        return {"max_logit": max_logit, "pred_counts": counts.cpu().numpy(), "softmax_sums": sums.cpu().numpy()}
-    return train.memo("logit_stats", compute)
+        C = split.num_classes
+        sums = torch.zeros(C, C, dtype=torch.float64, device=split.device)
+        counts = torch.zeros(C, dtype=torch.float64, device=split.device)
+        rows = {"max_logit": np.empty(split.n, np.float64), "pred": np.empty(split.n, np.int64),
+                "energy": np.empty(split.n, np.float64)}
+        for lo, hi, z in split.blocks("logits"):
+            top = z.max(1)
+            rows["max_logit"][lo:hi] = top.values.cpu().numpy()
+            rows["pred"][lo:hi] = top.indices.cpu().numpy()
+            rows["energy"][lo:hi] = torch.logsumexp(z, dim=1).cpu().numpy()
+            sums.index_add_(0, top.indices, torch.softmax(z, dim=1).double())
+            counts.index_add_(0, top.indices, torch.ones(hi - lo, dtype=torch.float64, device=split.device))
+        return {**rows, "pred_counts": counts.cpu().numpy(), "softmax_sums": sums.cpu().numpy()}
+    return split.memo("logit_stats", compute)
 
 
 def eigh_desc(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,15 +1,15 @@
 """Per-split quantities that several of the extra detectors share, memoised on the split they come from.
 
 ``feature_mean`` (the train mean of DICE, NCI and fDBD), ``predicted`` (argmax of the logits: SHE, NCI),
-``max_logit`` (NECO) and ``energies`` (logsumexp of the logits: NNGuide's bank and queries). Logits are
-streamed by blocks, never kept whole.
+``max_logit`` (NECO) and ``energies`` (logsumexp of the logits: NNGuide's bank and queries): the last three
+from the one streamed pass of ``stats.logit_stats`` that ViM and KL-Matching share.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import stats
 from ..split import Split
-from .logits import energy
 
 
 def feature_mean(split: Split) -> np.ndarray:
@@ -19,18 +19,14 @@ def feature_mean(split: Split) -> np.ndarray:
 
 def predicted(split: Split) -> np.ndarray:
     """Predicted class of every row, argmax of the logits [N] int64."""
-    return split.memo("pred", lambda: split.map_blocks(lambda lo, hi, z: z.argmax(1), source="logits",
-                                                       dtype=np.int64))
+    return stats.logit_stats(split)["pred"]
 
 
 def max_logit(split: Split) -> np.ndarray:
     """Max logit [N], float64."""
-    return split.memo("max_logit", lambda: split.map_blocks(lambda lo, hi, z: z.max(1).values, source="logits",
-                                                            dtype=np.float64))
+    return stats.logit_stats(split)["max_logit"]
 
 
 def energies(split: Split) -> np.ndarray:
     """logsumexp of the logits [N], float64."""
-    return split.memo("energy", lambda: split.map_blocks(lambda lo, hi, z: energy(z), source="logits",
-                                                         dtype=np.float64))
-
+    return stats.logit_stats(split)["energy"]
