@@ -492,6 +492,17 @@ def run_sharded(out, data: DataList, args, extractor: Extractor, attrs: dict, di
 # --------------------------------------------------------------------------------------------- command line
 
 
+def add_run_options(p: argparse.ArgumentParser):
+    """The options every image-to-HDF5 tool shares (extract_features.py, segment_images.py)."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="autocast: auto = bf16 on CUDA, off on CPU")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its .partial file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="extract_features.py",
@@ -519,16 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, help="DataLoader worker processes; 0 = decode on threads between "
                                                "forward passes (default: one a CPU up to 8 on GPU, 0 on CPU)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                   help="autocast: auto = bf16 on CUDA, off on CPU")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored features")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its .partial file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--skip_bad", action="store_true", help="skip unreadable images (listed in 'skipped_paths')")
     p.add_argument("--fc_save_path", help="write only the classifier head (.h5, or .pkl as ViM) and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    add_run_options(p)
     return p
 
 

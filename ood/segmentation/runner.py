@@ -21,7 +21,8 @@ import torchvision
 from PIL import Image
 
 from ..data import LIST_FORMATS, DataList, ListFormatError, decode_imagenet_s_mask
-from ..extract import Dist, ImageDataset, ImageError, autocast, default_workers, load_inputs, resolve_device
+from ..extract import (Dist, ImageDataset, ImageError, add_run_options, autocast, default_workers, load_inputs,
+                       resolve_device)
 from ..features import PARTIAL_SUFFIX, FeatureFileError, file_sha256
 from .scoremaps import PIXEL_DETECTORS, check_detectors, score_maps
 from .store import SegmentationWriter
@@ -190,14 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask_root", help="folder the list's mask paths are relative to (default: data_root)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the CPUs, at most 8)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                   help="autocast: auto = bf16 on CUDA, off on CPU")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compression", choices=("lzf", "gzip"), default="lzf")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its .partial file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    add_run_options(p)
     return p
 
 
