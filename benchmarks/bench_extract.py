@@ -25,7 +25,8 @@ from PIL import Image
 
 from ood.backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
 from ood.data import scan_folder
-from ood.extract import Extractor, extract_split, load_image
+from ood.extract import extract_split
+from ood.runtime import Extractor, load_image
 
 
 def make_jpegs(root: Path, n: int, seed: int = 0):

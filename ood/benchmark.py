@@ -15,11 +15,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import metrics, report, tuning
-from .data import ListFormatError, read_labels
+from .data import read_labels
 from .detectors import create, get_detector_class, list_detectors, parse_param_args
-from .features import FeatureFile, FeatureFileError, Head, read_head
+from .features import FeatureFile, Head, read_head
 from .heads.groups import GROUP_HEAD, group_accuracy, is_group_head, read_group_head
 from .split import Split, resolve_device
+from .errors import InputError
 
 VIM_FLAGS = ("clip_quantile", "clip_quantile_local", "gamma", "M")
 #: what a detector may name in ``requires`` beyond the train labels: (whether the inputs have it, how to give it)
@@ -30,10 +31,6 @@ REQUIREMENTS = {
     "zeroshot_head": (lambda inputs: "logit_scale" in inputs.head.attrs,
                       "a CLIP zero-shot fc head with its logit_scale (python -m ood.heads zeroshot)"),
 }
-
-
-class InputError(ValueError):
-    """Bad input: printed as one line, no traceback."""
 
 
 @dataclass
@@ -255,7 +252,7 @@ def main(argv=None) -> int:
         elif args.tune_id:
             raise InputError("--tune_id needs --tune OOD_VAL")
         result = run(inputs, methods, params, args.fpr, log)
-    except (FeatureFileError, ListFormatError, InputError, ValueError) as e:
+    except (InputError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.format_table(result, args.format))

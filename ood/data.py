@@ -27,6 +27,8 @@ from typing import Dict, List, Sequence, Union
 
 import numpy as np
 
+from .errors import InputError, ListFormatError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 # MOS's group configuration for ImageNet-1k (group_config/taxonomy_level0.npy): classes per group.
@@ -37,10 +39,6 @@ IMAGENET_S_IGNORE = 1000  # ignored pixels in ImageNet-S masks
 # ImageNet-S-919 merges these ImageNet-1k classes into another one (key merged into value).
 IMAGENET_S_MERGE = {"n04356056": "n04355933", "n04493381": "n02808440", "n03642806": "n03832673",
                     "n04008634": "n03773504", "n03887697": "n15075141"}
-
-
-class ListFormatError(ValueError):
-    """A malformed list file; the message names the file and line."""
 
 
 @dataclass
@@ -303,7 +301,7 @@ def decode_imagenet_s_mask(rgb) -> np.ndarray:
     """ImageNet-S class ids from an RGB mask [H, W, 3]: id = R + 256 G (0 other, 1000 ignore)."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] < 3:
-        raise ValueError(f"an ImageNet-S mask must be [H, W, 3] RGB, got shape {rgb.shape}")
+        raise InputError(f"an ImageNet-S mask must be [H, W, 3] RGB, got shape {rgb.shape}")
     return rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1].astype(np.int64)
 
 
@@ -311,7 +309,7 @@ def encode_imagenet_s_mask(ids) -> np.ndarray:
     """The RGB mask [H, W, 3] uint8 of class ids [H, W]: R = id mod 256, G = id div 256, B = 0."""
     ids = np.asarray(ids)
     if ids.size and (ids.min() < 0 or ids.max() >= 256 * 256):
-        raise ValueError(f"ImageNet-S ids must lie in [0, 65536), got [{ids.min()}, {ids.max()}]")
+        raise InputError(f"ImageNet-S ids must lie in [0, 65536), got [{ids.min()}, {ids.max()}]")
     ids = ids.astype(np.int64)
     return np.stack([ids % 256, ids // 256, np.zeros_like(ids)], axis=-1).astype(np.uint8)
 
@@ -334,7 +332,7 @@ def scan_folder(root, labels: str = "folders") -> DataList:
     if not root.is_dir():
         raise ListFormatError(f"{root}: not a folder")
     if labels not in ("folders", "none"):
-        raise ValueError(f"labels must be 'folders' or 'none', got {labels!r}")
+        raise InputError(f"labels must be 'folders' or 'none', got {labels!r}")
     rel = []
     for folder, dirs, files in os.walk(root, followlinks=True):
         dirs.sort()

@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .data import LIST_FORMATS, DataList, ListFormatError, _lines, read_list, scan_folder
+from .errors import InputError
 
 SHOWN = 10  # problems listed by name; the rest are counted
 
@@ -99,7 +100,7 @@ def sample_lines(list_path, n: int, seed: int = 0) -> List[str]:
     """A seeded random ``n`` of the non-blank lines of a list, in their original order."""
     lines = [line for _, line in _lines(list_path)]
     if not 0 < n <= len(lines):
-        raise ValueError(f"{list_path}: cannot sample {n} of its {len(lines)} lines")
+        raise InputError(f"{list_path}: cannot sample {n} of its {len(lines)} lines")
     keep = np.sort(np.random.default_rng(seed).choice(len(lines), n, replace=False))
     return [lines[i] for i in keep]
 
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
             return 0
         problems = check(args.list, args.root, args.list_format, args.mask_root, args.decode, args.workers,
                          groups=args.groups, categories=args.categories, mapping=args.mapping)
-    except (ListFormatError, ValueError, OSError) as e:
+    except (InputError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 1 if problems else 0

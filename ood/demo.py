@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from .data import ListFormatError, read_list
+from .errors import InputError
 
 ID_CLASSES = (0, 1, 2, 3, 4)
 SIZE = 32
@@ -113,7 +114,7 @@ def load_split(data_root, list_file, size: int = SIZE, limit: Optional[int] = No
     import torch
 
     from .backbones import resize_transform
-    from .extract import load_image
+    from .runtime import load_image
 
     items = read_list(list_file)
     n = len(items) if limit is None else min(limit, len(items))
@@ -244,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         accuracy = train(args.data_root, args.train_list, args.test_list, args.out, args.model, args.epochs,
                          args.batch, args.lr, args.seed, args.threads, limit=args.limit)
-    except (ListFormatError, FileNotFoundError, ValueError) as e:
+    except (InputError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if accuracy < args.min_accuracy:

@@ -15,11 +15,8 @@ import os
 import pickle
 import sys
 import time
-import warnings
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import h5py
 import numpy as np
@@ -27,163 +24,16 @@ import torch
 from PIL import Image
 
 from .backbones import BACKENDS, Backbone, create_backbone
-from .data import LIST_FORMATS, DataList, ListFormatError, read_list, scan_folder
-from .features import (PARTIAL_SUFFIX, FeatureFile, FeatureFileError, FeatureWriter, base_attrs, file_sha256,
-                       write_fc)
+from .cli import add_run_options, run_main, stderr_log
+from .data import LIST_FORMATS, DataList
+from .errors import FeatureFileError, ImageError, InputError
+from .features import PARTIAL_SUFFIX, FeatureFile, FeatureWriter, base_attrs, write_fc
+from .runtime import (Dist, Extractor, ImageDataset, checkpoint_attrs, collate, cpus_per_rank, default_workers,
+                      load_inputs, resolve_device, threaded_batches)
 
-RESERVED = ("features", "logits", "labels", "paths", "skipped_paths", "classes", "fc")
 #: attributes that must agree between a partial file and the run that resumes it
 RESUME_KEYS = ("model", "backend", "checkpoint_sha256", "preprocess", "data_root", "list_file", "dtype", "amp")
 _STR = h5py.string_dtype("utf-8")
-
-
-class ImageError(ValueError):
-    """An image that cannot be read or decoded; the message names its path."""
-
-
-# --------------------------------------------------------------------------------------------- data
-
-
-def load_image(path) -> Image.Image:
-    """Decode fully (so truncated files fail here) and convert to RGB, as torchvision's ImageFolder loader does."""
-    with Image.open(path) as img:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # palette-with-transparency notes
-            return img.convert("RGB")
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Rows ``start..`` of a list; an item is (row, tensor, None) or (row, None, error message) for a bad image."""
-
-    def __init__(self, root, paths: List[str], transform, start: int = 0):
-        self.root, self.paths, self.transform, self.start = str(root), paths, transform, start
-
-    def __len__(self):
-        return len(self.paths) - self.start
-
-    def __getitem__(self, i):
-        row = self.start + i
-        path = os.path.join(self.root, self.paths[row])
-        try:
-            return row, self.transform(load_image(path)), None
-        except Exception as e:  # any decoder or transform failure is reported with the image's path
-            return row, None, f"{path}: cannot read image ({e.__class__.__name__}: {e})"
-
-
-def collate(items):
-    """(rows of the good images, their stacked tensors or None, [(row, message)] of the bad ones)."""
-    good = [item for item in items if item[2] is None]
-    rows = torch.tensor([item[0] for item in good], dtype=torch.long)
-    x = torch.stack([item[1] for item in good]) if good else None
-    return rows, x, [(item[0], item[2]) for item in items if item[2] is not None]
-
-
-def threaded_batches(dataset: ImageDataset, batch: int, threads: int):
-    """In-process loading for CPU extraction: each batch is decoded by a pool of threads (PIL releases the GIL),
-    then the model runs on every core; the two phases alternate instead of fighting over the cores."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads) as pool:
-        for lo in range(0, len(dataset), batch):
-            yield collate(list(pool.map(dataset.__getitem__, range(lo, min(lo + batch, len(dataset))))))
-
-
-def load_inputs(data_root, img_list=None, list_format="auto", labels="auto") -> DataList:
-    """The images to extract: a list file (paths relative to ``data_root``) or every image under the folder."""
-    if img_list:
-        data = read_list(img_list, list_format)
-        if labels == "none":
-            data.labels = np.full(len(data), -1, dtype=np.int64)
-    else:
-        data = scan_folder(data_root, "none" if labels == "none" else "folders")
-    for name in data.extra:
-        if name in RESERVED:
-            raise ListFormatError(f"{img_list}: extra column {name!r} clashes with a feature-file dataset")
-    if len(data) == 0:
-        raise ListFormatError(f"{img_list or data_root}: no images")
-    return data
-
-
-# --------------------------------------------------------------------------------------------- running
-
-
-@dataclass
-class Dist:
-    """This process's place under torchrun (world 1 without it)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1
-
-    @classmethod
-    def from_env(cls) -> "Dist":
-        env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)),
-                   int(env.get("LOCAL_WORLD_SIZE", 1)))
-
-    def shard(self, n: int) -> range:
-        return range(self.rank * n // self.world, (self.rank + 1) * n // self.world)
-
-
-def resolve_device(name: str, dist: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
-        torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """``auto`` = bf16 on CUDA, off elsewhere."""
-    if amp == "auto":
-        return "bf16" if device.type == "cuda" else "off"
-    return amp
-
-
-def autocast(amp: str, device: torch.device):
-    """The autocast context of ``--amp`` (auto, bf16, fp16, off) on ``device``."""
-    amp = resolve_amp(amp, device)
-    if amp == "off":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def cpus_per_rank(dist: Dist) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cpus // max(1, dist.local_world))
-
-
-def default_workers(dist: Dist, device: Optional[torch.device] = None) -> int:
-    """Worker processes: one a CPU of this rank, at most 8. On a CPU device 0, i.e. decoding on threads
-    between forward passes, since worker processes would compete with the model for the same cores."""
-    return 0 if device is not None and device.type == "cpu" else min(8, cpus_per_rank(dist))
-
-
-class Extractor:
-    """One backbone on one device: batches of images in, float32 (or float16) rows out."""
-
-    def __init__(self, backbone: Backbone, device: torch.device, amp: str, dtype: str, channels_last: bool):
-        self.backbone = backbone.to(device, channels_last)
-        self.device = device
-        self.amp = resolve_amp(amp, device)
-        self.dtype = torch.float16 if dtype == "float16" else torch.float32
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __call__(self, x: torch.Tensor):
-        x = self.backbone.normalize(x.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
-        with torch.inference_mode(), autocast(self.amp, self.device):
-            features, logits = self.backbone.forward(x)
-        features = features.float().to(self.dtype)
-        return features, None if logits is None else logits.float()
-
-    def dims(self, transform):
-        """Feature width and class count, from one blank image."""
-        f, z = self(transform(Image.new("RGB", (64, 64))).unsqueeze(0))
-        return f.shape[1], None if z is None else z.shape[1]
 
 
 def _to_host(tensors):
@@ -356,12 +206,6 @@ def merge_shards(out, shards: List[Path], attrs: dict, extra, overwrite: bool, b
         p.unlink()
 
 
-def checkpoint_attrs(checkpoint) -> dict:
-    if checkpoint and os.path.isfile(checkpoint):
-        return {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint)}
-    return {"checkpoint": str(checkpoint or ""), "checkpoint_sha256": ""}
-
-
 def build_backbone(args) -> Backbone:
     return create_backbone(args.backend, args.model, checkpoint=args.checkpoint, resize=args.resize,
                            mean=args.mean, std=args.std, pretrained=args.pretrained, num_classes=args.num_classes,
@@ -376,7 +220,7 @@ def save_fc(args, backbone: Backbone, log):
     """ViM's ``--fc_save_path``: the head only; a .pkl path gets ViM's pickled [W, b]."""
     head = backbone.head()
     if head is None:
-        raise ValueError(f"{args.model} has no classifier head (for open_clip, pass --class_names)")
+        raise InputError(f"{args.model} has no classifier head (for open_clip, pass --class_names)")
     path = Path(args.fc_save_path)
     if path.suffix.lower() in (".pkl", ".pickle"):
         if path.exists() and not args.overwrite:
@@ -468,7 +312,7 @@ def run_sharded(out, data: DataList, args, extractor: Extractor, attrs: dict, di
             else:
                 summary = extract_split(mine, data.subset(np.asarray(dist.shard(len(data)))), args.data_root,
                                         extractor, attrs, resume=args.resume, overwrite=True, **common)
-        except (ImageError, FeatureFileError, ListFormatError, ValueError, OSError) as e:
+        except (InputError, OSError) as e:
             status = f"rank {dist.rank}: {e}"
         statuses = [None] * dist.world
         summaries = [None] * dist.world
@@ -490,17 +334,6 @@ def run_sharded(out, data: DataList, args, extractor: Extractor, attrs: dict, di
 
 
 # --------------------------------------------------------------------------------------------- command line
-
-
-def add_run_options(p: argparse.ArgumentParser):
-    """The options every image-to-HDF5 tool shares (extract_features.py, segment_images.py)."""
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                   help="autocast: auto = bf16 on CUDA, off on CPU")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its .partial file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -539,18 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if not args.model:
-        print("error: a model name is required", file=sys.stderr)
-        return 2
-    if args.batch < 1:
-        print("error: --batch must be at least 1", file=sys.stderr)
-        return 2
-    try:
+    log = stderr_log(args.quiet)
+
+    def go():
+        if not args.model:
+            raise InputError("a model name is required")
+        if args.batch < 1:
+            raise InputError(f"--batch must be at least 1, got {args.batch}")
         return run(args, log)
-    except (ImageError, FeatureFileError, ListFormatError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: rerun with --resume to continue {args.out_file}", file=sys.stderr)
-        return 130
+    return run_main(go, interrupted=f"rerun with --resume to continue {args.out_file}")

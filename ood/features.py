@@ -19,15 +19,13 @@ from typing import Iterator, Mapping, Optional, Sequence
 import h5py
 import numpy as np
 
+from .errors import FeatureFileError, InputError
+from .fileio import PARTIAL_SUFFIX
+
 FORMAT = "ood-features"
 VERSION = 1
 CHUNK_ROWS = 1000
-PARTIAL_SUFFIX = ".partial"
 _STR = h5py.string_dtype("utf-8")
-
-
-class FeatureFileError(ValueError):
-    """A feature, head or list file that cannot be used; the message names the file and the problem."""
 
 
 def _err(path, problem: str) -> FeatureFileError:
@@ -134,7 +132,7 @@ class FeatureWriter(RowFileWriter):
                  dtype: str = "float32", extra: Sequence[str] = (), attrs: Optional[Mapping] = None,
                  resume: bool = False, overwrite: bool = False):
         if dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+            raise InputError(f"dtype must be float32 or float16, got {dtype!r}")
         super().__init__(path, attrs=attrs, resume=resume, overwrite=overwrite)
         self.total = int(total)
         self.extra = tuple(extra)
@@ -161,7 +159,7 @@ class FeatureWriter(RowFileWriter):
         k = len(features)
         lo, hi = self.rows, self.rows + k
         if hi > self.total:
-            raise ValueError(f"{self.tmp}: {hi} rows would exceed the {self.total} preallocated")
+            raise InputError(f"{self.tmp}: {hi} rows would exceed the {self.total} preallocated")
         self.h5["features"][lo:hi] = features
         if logits is not None:
             self.h5["logits"][lo:hi] = np.asarray(logits, dtype=np.float32)
@@ -205,7 +203,7 @@ def write_fc(path, weight, bias, class_names: Optional[Sequence[str]] = None, *,
     weight = np.asarray(weight, dtype=np.float32)
     bias = np.asarray(bias, dtype=np.float32)
     if weight.ndim != 2 or bias.shape != (weight.shape[0],):
-        raise ValueError(f"fc weight must be [C, D] and bias [C], got {weight.shape} and {bias.shape}")
+        raise InputError(f"fc weight must be [C, D] and bias [C], got {weight.shape} and {bias.shape}")
     tmp = Path(str(path) + PARTIAL_SUFFIX)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(tmp, "w") as h5:

@@ -13,6 +13,7 @@ Scores are "higher = more in-distribution"; ID is the positive class unless said
 from __future__ import annotations
 
 import numpy as np
+from .errors import InputError
 
 FPR_CONVENTIONS = ("vim", "oe", "openood")
 FPR_LABELS = {
@@ -25,9 +26,9 @@ FPR_LABELS = {
 def _check(name, x) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     if x.size == 0:
-        raise ValueError(f"{name} scores are empty")
+        raise InputError(f"{name} scores are empty")
     if not np.isfinite(x).all():
-        raise ValueError(f"{name} scores contain {int((~np.isfinite(x)).sum())} NaN/Inf values")
+        raise InputError(f"{name} scores contain {int((~np.isfinite(x)).sum())} NaN/Inf values")
     return x
 
 
@@ -95,13 +96,13 @@ def _fpr_sorted(c: _Sorted, convention: str, tpr: float) -> float:
             tps, fps = tps[keep], fps[keep]
         tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
         return float((fps / fps[-1])[np.argmax(tps / tps[-1] >= tpr)])
-    raise ValueError(f"unknown FPR convention {convention!r}; choose from {', '.join(FPR_CONVENTIONS)}")
+    raise InputError(f"unknown FPR convention {convention!r}; choose from {', '.join(FPR_CONVENTIONS)}")
 
 
 def evaluate(id_scores, ood_scores, fpr: str = "vim", tpr: float = 0.95) -> dict:
     """All four metrics as fractions: ``auroc``, ``fpr95``, ``aupr_in``, ``aupr_out``."""
     if fpr not in FPR_CONVENTIONS:
-        raise ValueError(f"unknown FPR convention {fpr!r}; choose from {', '.join(FPR_CONVENTIONS)}")
+        raise InputError(f"unknown FPR convention {fpr!r}; choose from {', '.join(FPR_CONVENTIONS)}")
     id_scores, ood_scores = _check("ID", id_scores), _check("OOD", ood_scores)
     c = _Sorted(id_scores, ood_scores)
     return {

@@ -20,11 +20,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import benchmark, report
-from .benchmark import InputError, Inputs, Result, load_split
-from .data import ListFormatError, read_labels
+from .benchmark import Inputs, Result, load_split
+from .data import read_labels
 from .detectors import create, parse_param_args
-from .features import FeatureFileError, read_head
+from .features import read_head
 from .split import Split, resolve_device
+from .errors import InputError
 
 HOLDOUT_FRACTION = 0.1
 ALL = "all"
@@ -41,7 +42,7 @@ def holdout_mask(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarr
     """A seeded, class-stratified held-out part: round(fraction * n_c) rows of every class c (unlabelled rows
     count as one class)."""
     if not 0 < fraction < 1:
-        raise ValueError(f"the held-out fraction must lie in (0, 1), got {fraction}")
+        raise InputError(f"the held-out fraction must lie in (0, 1), got {fraction}")
     labels = np.asarray(labels)
     _, cls = np.unique(labels, return_inverse=True)
     key = np.random.default_rng(seed).random(labels.size)
@@ -52,7 +53,7 @@ def holdout_mask(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarr
     rank[order] = np.arange(labels.size) - starts[cls[order]]
     held = rank < np.round(fraction * counts)[cls]
     if held.all() or not held.any():
-        raise ValueError(f"holding out {fraction} of {labels.size} train rows leaves an empty part")
+        raise InputError(f"holding out {fraction} of {labels.size} train rows leaves an empty part")
     return held
 
 
@@ -204,7 +205,7 @@ def main(args, log=None) -> int:
                 + ", ".join(f"{o.name} {o.n}" for o in inputs.oods) + f"; {len(methods)} methods on "
                 f"{inputs.train.device}")
         res = run_sood(inputs, superclass, methods, params, args.fpr, log)
-    except (FeatureFileError, ListFormatError, InputError, ValueError) as e:
+    except (InputError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_report(res, args.format))

@@ -6,6 +6,7 @@ Heavy work walks the rows in blocks (:meth:`Split.blocks`), so temporaries stay 
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -13,15 +14,17 @@ import numpy as np
 import torch
 
 from .features import FeatureFile, FeatureFileError, Head
+from .errors import InputError
 
 BLOCK_ELEMENTS = 1 << 23  # about 32 MB of float32 per block-sized temporary
+_UIDS = itertools.count(1)  # split identities: never reused within a process (unlike id())
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        raise InputError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(device)
 
 
@@ -46,6 +49,7 @@ class Split:
         if source.num_classes is not None and source.num_classes != head.num_classes:
             raise FeatureFileError(f"{source.path}: {source.num_classes} logits per row, the head has "
                                    f"{head.num_classes} classes")
+        self.uid = next(_UIDS)
         self._labels = labels
         self._memo: dict = {}
         self.keep_logits = True

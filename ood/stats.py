@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .split import Split
+from .errors import InputError
 
 _CHUNK = 1 << 24
 
@@ -23,9 +24,9 @@ def quantile(x: np.ndarray, q: float) -> float:
     flat = x.reshape(-1)
     n = flat.size
     if n == 0:
-        raise ValueError("quantile of an empty array")
+        raise InputError("quantile of an empty array")
     if not 0.0 <= q <= 1.0:
-        raise ValueError(f"quantile must be in [0, 1], got {q}")
+        raise InputError(f"quantile must be in [0, 1], got {q}")
     if n <= _CHUNK:
         return float(np.quantile(flat, q))
     pos = q * (n - 1)

@@ -20,6 +20,7 @@ from . import metrics
 from .detectors import create, get_detector_class
 from .features import FeatureFile, file_sha256
 from .split import Split
+from .errors import InputError
 
 VAL_SHARE = 0.1
 SEED = 0
@@ -55,7 +56,7 @@ def tune_method(name: str, train: Split, id_val: Split, ood_val: Split, fixed: O
         if best is None or auroc > best.auroc:
             best = Choice(point, auroc, 0)
     if best is None:
-        raise ValueError(f"tuning: no grid point of {name} could be scored ({errors[0]})")
+        raise InputError(f"tuning: no grid point of {name} could be scored ({errors[0]})")
     best.tried, best.skipped = tried, len(errors)
     return best
 
@@ -92,10 +93,10 @@ def same_file(a, b) -> bool:
 def refuse_test_files(path, role: str, tests: dict):
     """ValueError when ``path`` is one of the ``tests`` files ({description: path})."""
     if not Path(path).is_file():
-        raise ValueError(f"{path}: no such file ({role})")
+        raise InputError(f"{path}: no such file ({role})")
     for what, test in tests.items():
         if test is not None and Path(test).is_file() and same_file(path, test):
-            raise ValueError(f"{path}: the {role} is the same file as the {what} ({test}); tuning on a test set "
+            raise InputError(f"{path}: the {role} is the same file as the {what} ({test}); tuning on a test set "
                              f"would bias every reported number, give a separate validation set")
 
 
@@ -103,7 +104,7 @@ def hold_out(test: Split, share: float = VAL_SHARE, seed: int = SEED) -> tuple:
     """(a seeded ``share`` of the rows as the ID validation split, the rest as the ID test split)."""
     n_val = int(round(share * test.n))
     if not 0 < n_val < test.n:
-        raise ValueError(f"{test.path}: {test.n} rows are too few to hold out {share:.0%} for tuning; "
+        raise InputError(f"{test.path}: {test.n} rows are too few to hold out {share:.0%} for tuning; "
                          f"give --tune_id")
     val = np.zeros(test.n, bool)
     val[np.random.default_rng(seed).choice(test.n, n_val, replace=False)] = True
@@ -122,7 +123,7 @@ def load_val(name: str, path, like: Split) -> Split:
     split = Split(name, FeatureFile(path), like.head, like.device)
     split.extras.update(like.extras)
     if split.n == 0:
-        raise ValueError(f"{path}: has no rows (empty data set)")
+        raise InputError(f"{path}: has no rows (empty data set)")
     split.features  # load and check for NaN / Inf now
     return split
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..features import Head
+from ..errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,7 +81,7 @@ def register(name: str):
 
 def get_backend_class(name: str) -> Type[Backbone]:
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
     if name not in _REGISTRY:
         importlib.import_module(f"{__name__}.{name}_backend")
     return _REGISTRY[name]
@@ -93,7 +94,7 @@ def create_backbone(backend: str, model: str, **options) -> Backbone:
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     for key in given:
         if key not in accepted:
-            raise ValueError(f"--{key} does not apply to the {backend} backend")
+            raise InputError(f"--{key} does not apply to the {backend} backend")
     return cls(model, **given)
 
 
@@ -148,11 +149,11 @@ def linear_params(layer: nn.Module, dim: int) -> Tuple[np.ndarray, np.ndarray]:
             try:
                 out = layer(probe).float()
             except Exception as e:  # a head with another input layout cannot be read as a matrix
-                raise ValueError(f"cannot read the head {type(layer).__name__} as a linear layer: {e}") from None
+                raise InputError(f"cannot read the head {type(layer).__name__} as a linear layer: {e}") from None
             b, w = out[0], (out[1:] - out[0]).T
             x = torch.randn(4, dim, device=device)
             if not torch.allclose(layer(x).float(), x @ w.T + b, rtol=1e-3, atol=1e-3):
-                raise ValueError(f"the head {type(layer).__name__} is not an affine map of the features")
+                raise InputError(f"the head {type(layer).__name__} is not an affine map of the features")
     return (w.float().cpu().numpy().astype(np.float32), b.float().cpu().numpy().astype(np.float32).reshape(-1))
 
 
@@ -161,8 +162,8 @@ def read_lines(path, what: str) -> list:
     try:
         lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
     except (FileNotFoundError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the {what} file ({e.__class__.__name__})") from None
+        raise InputError(f"{path}: cannot read the {what} file ({e.__class__.__name__})") from None
     lines = [line for line in lines if line]
     if not lines:
-        raise ValueError(f"{path}: the {what} file is empty")
+        raise InputError(f"{path}: the {what} file is empty")
     return lines

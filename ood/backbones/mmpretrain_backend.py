@@ -18,6 +18,7 @@ from torch import nn
 
 from ..features import Head
 from . import Backbone, linear_params, register, resize_transform
+from ..errors import InputError
 
 
 def _import_mmpretrain():
@@ -27,7 +28,7 @@ def _import_mmpretrain():
             import mmpretrain
             import mmpretrain.datasets  # noqa: F401  (registers the transforms)
     except ImportError as e:
-        raise ValueError(f"the mmpretrain backend needs `pip install mmpretrain==1.2.0 mmengine mmcv-lite` ({e})") \
+        raise InputError(f"the mmpretrain backend needs `pip install mmpretrain==1.2.0 mmengine mmcv-lite` ({e})") \
             from None
     return mmpretrain
 
@@ -74,22 +75,22 @@ class MMPretrainBackbone(Backbone):
         from mmpretrain import get_model
 
         if model.endswith(".py") and not os.path.isfile(model):
-            raise ValueError(f"{model}: no such mmpretrain config file")
+            raise InputError(f"{model}: no such mmpretrain config file")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.model = get_model(model, pretrained=False)
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"mmpretrain: cannot build {model!r}: {e}") from None
+            raise InputError(f"mmpretrain: cannot build {model!r}: {e}") from None
         self.class_names = None
         if checkpoint:
             if not os.path.isfile(checkpoint):
-                raise ValueError(f"{checkpoint}: no such checkpoint file")
+                raise InputError(f"{checkpoint}: no such checkpoint file")
             try:
                 ckpt = load_checkpoint(self.model, checkpoint, map_location="cpu", strict=True, logger="silent")
             except (RuntimeError, KeyError) as e:
                 first = str(e).strip().splitlines()[0]
-                raise ValueError(f"{checkpoint}: cannot load into {model} ({first})") from None
+                raise InputError(f"{checkpoint}: cannot load into {model} ({first})") from None
             meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}
             self.class_names = meta.get("dataset_meta", {}).get("classes") or meta.get("CLASSES")
         self.model.eval()
@@ -99,7 +100,7 @@ class MMPretrainBackbone(Backbone):
         cfg = self.model._config
         pipeline = cfg.get("test_dataloader", {}).get("dataset", {}).get("pipeline") or cfg.get("test_pipeline")
         if not pipeline:
-            raise ValueError(f"mmpretrain: {model} has no test pipeline in its config; pass --resize")
+            raise InputError(f"mmpretrain: {model} has no test pipeline in its config; pass --resize")
         pipeline = [dict(t) for t in pipeline if t["type"] != "LoadImageFromFile"]
         pre = cfg.model.get("data_preprocessor") or {}
         mean = list(mean) if mean else [m / 255 for m in pre.get("mean") or (0, 0, 0)]
@@ -125,7 +126,7 @@ class MMPretrainBackbone(Backbone):
         if not isinstance(layer, nn.Linear):
             linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
             if not linears:
-                raise ValueError(f"mmpretrain head {type(head).__name__} has no linear layer")
+                raise InputError(f"mmpretrain head {type(head).__name__} has no linear layer")
             layer = linears[-1]
         w, b = linear_params(layer, layer.in_features)
         names = list(self.class_names) if self.class_names and len(self.class_names) == len(w) else None

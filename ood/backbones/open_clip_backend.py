@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..features import Head
 from . import Backbone, read_lines, register, resize_transform, split_normalize
+from ..errors import InputError
 
 #: The 80 prompt templates CLIP used for ImageNet zero-shot classification ("{}" is the class name).
 IMAGENET_TEMPLATES = (
@@ -53,10 +54,10 @@ def zeroshot_head(model, tokenizer, class_names: Sequence[str], templates: Seque
     ``W / logit_scale`` are the unit class embeddings. Text is encoded on the model's device.
     """
     if not class_names:
-        raise ValueError("the zero-shot head needs at least one class name")
+        raise InputError("the zero-shot head needs at least one class name")
     for template in templates:
         if "{}" not in template:
-            raise ValueError(f"prompt template {template!r} has no '{{}}' for the class name")
+            raise InputError(f"prompt template {template!r} has no '{{}}' for the class name")
     device = next(model.parameters()).device
     rows = []
     with torch.inference_mode():
@@ -86,16 +87,16 @@ class OpenClipBackbone(Backbone):
         name = model
         if model.endswith(".json"):
             if not os.path.isfile(model):
-                raise ValueError(f"{model}: no such open_clip model config file")
+                raise InputError(f"{model}: no such open_clip model config file")
             open_clip.add_model_config(model)
             name = Path(model).stem
         if name not in open_clip.list_models() and not name.startswith("hf-hub:"):
-            raise ValueError(f"open_clip: unknown model {model!r}")
+            raise InputError(f"open_clip: unknown model {model!r}")
         try:
             self.model, _, transform = open_clip.create_model_and_transforms(
                 name, pretrained=checkpoint, image_mean=mean, image_std=std)
         except RuntimeError as e:
-            raise ValueError(f"open_clip: cannot build {model} from {checkpoint}: {e}") from None
+            raise InputError(f"open_clip: cannot build {model} from {checkpoint}: {e}") from None
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         self.class_names = read_lines(class_names, "class names") if class_names else None

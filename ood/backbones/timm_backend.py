@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from ..features import Head
 from . import Backbone, linear_params, register, resize_transform, split_normalize
+from ..errors import InputError
 
 
 def load_checkpoint(model, path) -> None:
@@ -21,17 +22,17 @@ def load_checkpoint(model, path) -> None:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such checkpoint file")
+        raise InputError(f"{path}: no such checkpoint file")
     try:
         if path.suffix == ".npz":
             if not hasattr(model, "load_pretrained"):
-                raise ValueError(f"{type(model).__name__} cannot load .npz weights")
+                raise InputError(f"{type(model).__name__} cannot load .npz weights")
             model.load_pretrained(str(path))
         else:
             timm.models.load_checkpoint(model, str(path), strict=True)
     except (RuntimeError, KeyError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise ValueError(f"{path}: cannot load into {type(model).__name__} ({first}); "
+        raise InputError(f"{path}: cannot load into {type(model).__name__} ({first}); "
                          f"is it the right model, and does --num_classes match?") from None
 
 
@@ -51,7 +52,7 @@ class TimmBackbone(Backbone):
         try:
             self.model = timm.create_model(model, pretrained=pretrained, **kwargs)
         except RuntimeError as e:
-            raise ValueError(f"timm: {e}") from None
+            raise InputError(f"timm: {e}") from None
         if checkpoint:
             load_checkpoint(self.model, checkpoint)
         self.model.eval()
@@ -83,7 +84,7 @@ class TimmBackbone(Backbone):
             return None
         layer = self.model.get_classifier()
         if isinstance(layer, (tuple, list)):
-            raise ValueError(f"{type(self.model).__name__} has {len(layer)} classifier heads (distilled); "
+            raise InputError(f"{type(self.model).__name__} has {len(layer)} classifier heads (distilled); "
                              "its logits are not one linear map of the pre-logits features")
         dim = getattr(self.model, "head_hidden_size", None) or self.model.num_features
         w, b = linear_params(layer, dim)

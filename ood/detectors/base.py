@@ -12,6 +12,7 @@ from typing import Dict, Optional, Type
 import numpy as np
 
 from ..split import Split
+from ..errors import InputError
 
 _REGISTRY: Dict[str, Type["Detector"]] = {}
 
@@ -47,7 +48,7 @@ def register(name: str):
     """Class decorator: add a detector to the registry under ``name``."""
     def deco(cls):
         if name in _REGISTRY:
-            raise ValueError(f"detector {name!r} is registered twice")
+            raise InputError(f"detector {name!r} is registered twice")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -65,7 +66,7 @@ def list_detectors() -> list:
 
 def get_detector_class(name: str) -> Type[Detector]:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
+        raise InputError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 
@@ -76,7 +77,7 @@ def create(name: str, **params) -> Detector:
     for key in params:
         if key not in allowed:
             known = ", ".join(allowed) or "none"
-            raise ValueError(f"unknown parameter {name}.{key}; {name} takes: {known}")
+            raise InputError(f"unknown parameter {name}.{key}; {name} takes: {known}")
     return cls(**params)
 
 
@@ -100,7 +101,7 @@ def convert_param(name: str, key: str, text: str):
                     continue
             return None if text.lower() == "none" else text
     except ValueError:
-        raise ValueError(f"parameter {name}.{key}: cannot read {text!r} as {type(default).__name__}") from None
+        raise InputError(f"parameter {name}.{key}: cannot read {text!r} as {type(default).__name__}") from None
     return text
 
 
@@ -112,7 +113,7 @@ def parse_param_args(items, flags: Optional[dict] = None, methods=None) -> dict:
     out: dict = {}
     for item in items or ():
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--param {item!r}: expected METHOD.NAME=VALUE, e.g. vim.dim=512")
+            raise InputError(f"--param {item!r}: expected METHOD.NAME=VALUE, e.g. vim.dim=512")
         lhs, value = item.split("=", 1)
         method, key = lhs.split(".", 1)
         get_detector_class(method)

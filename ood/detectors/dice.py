@@ -12,6 +12,7 @@ import torch
 from .base import Detector, register
 from .logits import energy
 from .shared import feature_mean
+from ..errors import InputError
 
 
 @register("dice")
@@ -25,7 +26,7 @@ class DICE(Detector):
 
     def fit(self, train):
         if not 0 <= self.sparsity < 1:
-            raise ValueError(f"dice sparsity must be in [0, 1), got {self.sparsity}")
+            raise InputError(f"dice sparsity must be in [0, 1), got {self.sparsity}")
         W = train.head.weight
         contrib = feature_mean(train)[None, :] * W
         self.weight_ = np.where(contrib > np.percentile(contrib, 100 * self.sparsity), W, 0).astype(np.float32)

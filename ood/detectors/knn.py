@@ -17,6 +17,7 @@ import torch
 from ..split import Split
 from .base import Detector, register
 from .shared import energies
+from ..errors import InputError
 
 _EPS = 1e-12
 QUERY_ROWS = 1024
@@ -68,7 +69,7 @@ class Bank:
     def top(self, split: Split, k: int) -> np.ndarray:
         """[N, k] sorted top-k similarities of every row of ``split``, memoised (a larger k serves a smaller)."""
         if not 1 <= k <= self.n:
-            raise ValueError(f"k = {k} nearest neighbours asked for, but the bank holds {self.n} train rows")
+            raise InputError(f"k = {k} nearest neighbours asked for, but the bank holds {self.n} train rows")
         cache = split.memo(("top_similarities", self.key), dict)
         if cache.get("top") is not None and cache["top"].shape[1] >= k:
             return cache["top"][:, :k]
@@ -122,7 +123,7 @@ class NNGuide(Detector):
 
     def fit(self, train):
         if not 0 < self.alpha <= 1:
-            raise ValueError(f"nnguide alpha is the share of train rows in the bank, in (0, 1], got {self.alpha}")
+            raise InputError(f"nnguide alpha is the share of train rows in the bank, in (0, 1], got {self.alpha}")
         size = min(train.n, max(self.k, math.ceil(self.alpha * train.n)))
 
         def build():

@@ -14,6 +14,7 @@ import torch
 from ..features import FeatureFileError
 from ..heads.groups import GroupScorer
 from .base import Detector, register
+from ..errors import InputError
 
 
 @register("mos")
@@ -25,7 +26,7 @@ class MOS(Detector):
     def fit(self, train):
         head = train.extras.get("group_head")
         if head is None:
-            raise ValueError("mos needs a group-softmax head: pass --head HEAD.h5 "
+            raise InputError("mos needs a group-softmax head: pass --head HEAD.h5 "
                              "(made by 'python -m ood.heads train TRAIN.h5 HEAD.h5 --groups GROUPS')")
         if head.dim != train.dim:
             raise FeatureFileError(f"{train.path}: feature width {train.dim} does not match the group head's "

@@ -17,6 +17,7 @@ import torch
 from .. import stats
 from .base import Detector, register
 from .shared import max_logit
+from ..errors import InputError
 
 
 @register("neco")
@@ -35,12 +36,12 @@ class NECO(Detector):
         vals, vecs = train.memo("neco_eig", lambda: stats.eigh_desc(m["gram"] / m["n"] / np.outer(std, std)))
         if self.dim is None:
             if not 0 < self.variance <= 1:
-                raise ValueError(f"neco variance must be in (0, 1], got {self.variance}")
+                raise InputError(f"neco variance must be in (0, 1], got {self.variance}")
             ratio = np.cumsum(np.clip(vals, 0, None)) / np.clip(vals, 0, None).sum()
             self.dim_ = int(min(np.searchsorted(ratio, self.variance - 1e-12) + 1, train.dim))
         else:
             if not 1 <= self.dim <= train.dim:
-                raise ValueError(f"neco dim must be in [1, {train.dim}], got {self.dim}")
+                raise InputError(f"neco dim must be in [1, {train.dim}], got {self.dim}")
             self.dim_ = int(self.dim)
         self.mean_, self.std_ = m["mean"], std
         self.basis_ = np.ascontiguousarray(vecs[:, :self.dim_] / std[:, None])

@@ -15,6 +15,7 @@ from ..split import Split
 from .base import Detector, register
 from .logits import energy
 from .react import train_clip
+from ..errors import InputError
 
 PERCENTILES = [65, 70, 75, 80, 85, 90, 95]
 
@@ -25,7 +26,7 @@ def _energy_of(split: Split, logits_fn) -> np.ndarray:
 
 def kept(D: int, percentile: float) -> int:
     if not 0 <= percentile < 100:
-        raise ValueError(f"percentile must be in [0, 100), got {percentile}")
+        raise InputError(f"percentile must be in [0, 100), got {percentile}")
     return D - int(np.round(D * percentile / 100.0))
 
 
@@ -101,7 +102,7 @@ class VRA(Detector):
 
     def fit(self, train):
         if not 0 <= self.percentile_low <= self.percentile_high <= 100:
-            raise ValueError(f"vra needs 0 <= percentile_low <= percentile_high <= 100, got "
+            raise InputError(f"vra needs 0 <= percentile_low <= percentile_high <= 100, got "
                              f"{self.percentile_low} and {self.percentile_high}")
         self.low_ = train_clip(train, self.percentile_low / 100.0)
         self.high_ = train_clip(train, self.percentile_high / 100.0)

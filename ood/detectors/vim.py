@@ -17,6 +17,7 @@ from .. import stats
 from ..split import Split
 from .base import Detector, register
 from .logits import energy, gen_from_logits
+from ..errors import InputError
 
 
 def default_dim(D: int) -> int:
@@ -31,7 +32,7 @@ def null_space(train: Split, dim: int) -> tuple[np.ndarray, np.ndarray]:
         eig = train.memo("vim_eig", lambda: stats.eigh_desc(stats.scatter_about(train, u) / train.n))
         return u, np.ascontiguousarray(eig[1][:, dim:])
     if not 0 <= dim < train.dim:
-        raise ValueError(f"vim dim must be in [0, {train.dim}) for features of width {train.dim}, got {dim}")
+        raise InputError(f"vim dim must be in [0, {train.dim}) for features of width {train.dim}, got {dim}")
     return train.memo(("vim_null_space", dim), compute)
 
 

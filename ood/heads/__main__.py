@@ -14,10 +14,11 @@ import sys
 
 import numpy as np
 
-from ..data import ListFormatError, read_groups as read_group_counts, read_labels
+from ..data import read_groups as read_group_counts, read_labels
 from ..features import FeatureFile, FeatureFileError, write_fc
 from .groups import FLAT_HEAD, group_accuracy, kmeans_groups, layout_from_counts, read_groups, write_group_head
 from .train import class_means, train_head
+from ..errors import InputError
 
 PROVENANCE = ("model", "backend", "checkpoint", "checkpoint_sha256", "preprocess")
 
@@ -31,7 +32,7 @@ def load_train(path, train_label=None):
     if len(x) == 0:
         raise FeatureFileError(f"{path}: has no rows")
     if y.size != len(x):
-        raise ValueError(f"{train_label or path}: {y.size} labels for {len(x)} rows")
+        raise InputError(f"{train_label or path}: {y.size} labels for {len(x)} rows")
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise FeatureFileError(f"{path}: {int(bad.sum())} rows of features contain NaN or Inf "
@@ -42,7 +43,7 @@ def load_train(path, train_label=None):
 def check_labels(y, num_classes, source):
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
-        raise ValueError(f"{source}: {int(bad.sum())} train labels outside [0, {num_classes}) (first: "
+        raise InputError(f"{source}: {int(bad.sum())} train labels outside [0, {num_classes}) (first: "
                          f"{int(y[bad][0])} at row {int(np.argmax(bad))}); every train row needs a class")
 
 
@@ -63,7 +64,7 @@ def resolve_groups(spec: str, x, y, num_classes, seed):
         try:
             k = int(spec.split(":", 1)[1])
         except ValueError:
-            raise ValueError(f"--groups {spec}: expected kmeans:K with an integer K") from None
+            raise InputError(f"--groups {spec}: expected kmeans:K with an integer K") from None
         return kmeans_groups(class_means(x, y, num_classes), k, seed), num_classes
     g = read_groups(spec)
     return g, g.size
@@ -75,7 +76,7 @@ def cmd_train(args) -> str:
     check_labels(y, C, args.train_label or args.train)
     g, C = resolve_groups(args.groups, x, y, C, args.seed)
     if width is not None and width != C:
-        raise ValueError(f"{args.train}: has {width} logits per row, the groups describe {C} classes")
+        raise InputError(f"{args.train}: has {width} logits per row, the groups describe {C} classes")
     check_labels(y, C, args.train_label or args.train)
     head, recipe = train_head(x, y, C, g, epochs=args.epochs, seed=args.seed, device=args.device,
                               progress=not args.quiet)
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         print(args.run(args))
-    except (FeatureFileError, ListFormatError, ValueError) as e:
+    except (InputError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -22,6 +22,7 @@ import torch
 
 from ..features import PARTIAL_SUFFIX, FeatureFileError, Head, base_attrs, read_head
 from ..split import resolve_device
+from ..errors import InputError
 
 GROUP_HEAD = "group_softmax"
 FLAT_HEAD = "flat_softmax"
@@ -51,12 +52,12 @@ def check_layout(group_of_class, source="groups") -> np.ndarray:
     """``group_of_class`` as int64, every group 0..G-1 holding at least one class."""
     g = np.asarray(group_of_class)
     if g.ndim != 1 or g.size == 0 or not np.issubdtype(g.dtype, np.integer):
-        raise ValueError(f"{source}: expected one integer group index per class, got shape {g.shape} {g.dtype}")
+        raise InputError(f"{source}: expected one integer group index per class, got shape {g.shape} {g.dtype}")
     if g.min() < 0:
-        raise ValueError(f"{source}: negative group index {int(g.min())}")
+        raise InputError(f"{source}: negative group index {int(g.min())}")
     empty = np.setdiff1d(np.arange(g.max() + 1), g)
     if empty.size:
-        raise ValueError(f"{source}: group {int(empty[0])} has no classes")
+        raise InputError(f"{source}: group {int(empty[0])} has no classes")
     return g.astype(np.int64)
 
 
@@ -64,7 +65,7 @@ def layout_from_counts(counts, source="groups") -> np.ndarray:
     """MOS form (its ``classes_per_group``): the class count of each group, classes taken in class order."""
     counts = np.asarray(counts, dtype=np.int64)
     if counts.ndim != 1 or counts.size == 0 or (counts <= 0).any():
-        raise ValueError(f"{source}: class counts per group must be positive integers")
+        raise InputError(f"{source}: class counts per group must be positive integers")
     return np.repeat(np.arange(counts.size), counts)
 
 
@@ -75,17 +76,17 @@ def read_groups(path) -> np.ndarray:
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: no such group file")
+        raise InputError(f"{path}: no such group file")
     try:
         if path.suffix.lower() == ".npy":
             values = np.load(path, allow_pickle=False)
         else:
             values = np.array(path.read_text(encoding="utf-8").replace(",", " ").split(), dtype=np.float64)
     except (ValueError, OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a group file of integers ({e.__class__.__name__}: {e})") from None
+        raise InputError(f"{path}: not a group file of integers ({e.__class__.__name__}: {e})") from None
     values = np.asarray(values).reshape(-1)
     if values.size == 0 or not np.all(np.equal(np.mod(values, 1), 0)):
-        raise ValueError(f"{path}: expected integers (class counts per group, or a group index per class)")
+        raise InputError(f"{path}: expected integers (class counts per group, or a group index per class)")
     values = values.astype(np.int64)
     return check_layout(values, str(path)) if (values == 0).any() else layout_from_counts(values, str(path))
 
@@ -100,7 +101,7 @@ def kmeans_groups(class_means: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
     C = class_means.shape[0]
     if not 1 <= k <= C:
-        raise ValueError(f"kmeans:{k}: the number of groups must be between 1 and the {C} classes")
+        raise InputError(f"kmeans:{k}: the number of groups must be between 1 and the {C} classes")
     m = np.asarray(class_means, dtype=np.float64)
     m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
     raw = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(m)

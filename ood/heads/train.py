@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..features import Head
 from ..split import resolve_device
 from .groups import GroupHead, group_loss_grad, one_hot
+from ..errors import InputError
 
 BATCH = 512
 BASE_LR = 0.003
@@ -41,7 +42,7 @@ def schedule(num_samples: int, epochs: Optional[float] = None, batch_size: int =
     if epochs is None:
         return steps
     if epochs <= 0:
-        raise ValueError(f"--epochs must be positive, got {epochs}")
+        raise InputError(f"--epochs must be positive, got {epochs}")
     total = max(1, math.ceil(epochs * num_samples / batch_size))
     return [max(1, round(s * total / steps[-1])) for s in steps[:-1]] + [total]
 
@@ -57,7 +58,7 @@ def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int, rows
     """Mean train feature of every class [C, D] (float64); a class without train rows is an error."""
     counts = np.bincount(labels, minlength=num_classes)
     if (counts == 0).any():
-        raise ValueError(f"class {int(np.argmin(counts))} has no train rows, so it has no mean to cluster")
+        raise InputError(f"class {int(np.argmin(counts))} has no train rows, so it has no mean to cluster")
     sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
     y = torch.as_tensor(labels)
     for lo in range(0, len(features), rows):

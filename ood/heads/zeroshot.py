@@ -7,7 +7,7 @@ so MCM can recover cosine similarities and every logit detector runs on it like 
 from __future__ import annotations
 
 from ..backbones import create_backbone
-from ..extract import checkpoint_attrs
+from ..runtime import checkpoint_attrs
 from ..features import write_fc
 from ..split import resolve_device
 

@@ -12,10 +12,11 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..data import ListFormatError
+
 from ..features import FeatureFileError
 from . import imagenet_s, pixel_ood
 from .store import SegmentationFile
+from ..errors import InputError
 
 
 def _write_json(obj, path):
@@ -78,7 +79,7 @@ def _ids(text: Optional[str]):
     try:
         return [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise ValueError(f"expected a comma list of integer ids, got {text!r}") from None
+        raise InputError(f"expected a comma list of integer ids, got {text!r}") from None
 
 
 def _thresholds(items) -> Dict[str, float]:
@@ -88,7 +89,7 @@ def _thresholds(items) -> Dict[str, float]:
         try:
             out[name] = float(value)
         except ValueError:
-            raise ValueError(f"--threshold expects DETECTOR=VALUE, got {item!r}") from None
+            raise InputError(f"--threshold expects DETECTOR=VALUE, got {item!r}") from None
     return out
 
 
@@ -109,7 +110,7 @@ def evaluate_ood(path, detectors: Optional[Sequence[str]] = None, ood_ids=None, 
             f.dataset(d)
         unknown = set(thresholds) - set(detectors)
         if unknown:
-            raise ValueError(f"--threshold names {', '.join(sorted(unknown))}, not among {', '.join(detectors)}")
+            raise InputError(f"--threshold names {', '.join(sorted(unknown))}, not among {', '.join(detectors)}")
         label = lambda gt: pixel_ood.ood_labels(gt, ood_ids, ignore_ids, str(path))  # noqa: E731
         records = {d: {"detector": d, "mode": mode, "fpr_convention": pixel_ood.FPR_LABEL} for d in detectors}
         if mode == "exact":
@@ -213,6 +214,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FeatureFileError, ListFormatError, ValueError) as e:
+    except (InputError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from scipy.ndimage import maximum_filter, minimum_filter
 from scipy.optimize import linear_sum_assignment
 
 from ..data import read_imagenet_s_categories, read_imagenet_s_mask
+from ..errors import InputError
 
 IGNORE = 1000
 MODES = {"50": 50, "300": 300, "919": 919}
@@ -160,27 +161,27 @@ def read_mask(path) -> np.ndarray:
     try:
         return read_imagenet_s_mask(path)
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such mask file") from None
+        raise InputError(f"{path}: no such mask file") from None
     except OSError as e:
-        raise ValueError(f"{path}: not a readable PNG mask ({e})") from None
+        raise InputError(f"{path}: not a readable PNG mask ({e})") from None
 
 
 def read_pair(gt_path, pred_path, num_classes: int, lookup: Optional[np.ndarray] = None):
     """The gt and prediction id masks of one image, checked: same size, ids in range."""
     gt, pred = read_mask(gt_path), read_mask(pred_path)
     if gt.shape != pred.shape:
-        raise ValueError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
+        raise InputError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
                          f"ground truth {gt_path} is {gt.shape[1]}x{gt.shape[0]}")
     bad = gt[(gt > num_classes) & (gt != IGNORE)]
     if bad.size:
-        raise ValueError(f"{gt_path}: id {int(bad.max())} is outside 0..{num_classes} (and {IGNORE} = ignore)")
+        raise InputError(f"{gt_path}: id {int(bad.max())} is outside 0..{num_classes} (and {IGNORE} = ignore)")
     if pred.max() > num_classes:
-        raise ValueError(f"{pred_path}: id {int(pred.max())} is outside the category range 0..{num_classes}")
+        raise InputError(f"{pred_path}: id {int(pred.max())} is outside the category range 0..{num_classes}")
     if lookup is not None:
         ids = np.unique(pred)
         missing = ids[lookup[ids] < 0]
         if missing.size:
-            raise ValueError(f"{pred_path}: id {int(missing[0])} has no entry in the matching")
+            raise InputError(f"{pred_path}: id {int(missing[0])} has no entry in the matching")
     return gt, pred
 
 
@@ -189,13 +190,13 @@ def list_masks(gt_dir, predict_dir) -> List[str]:
     gt_dir, predict_dir = Path(gt_dir), Path(predict_dir)
     for d, what in ((gt_dir, "ground-truth"), (predict_dir, "prediction")):
         if not d.is_dir():
-            raise ValueError(f"{d}: {what} folder does not exist")
+            raise InputError(f"{d}: {what} folder does not exist")
     names = sorted(p.relative_to(gt_dir).as_posix() for p in gt_dir.rglob("*.png"))
     if not names:
-        raise ValueError(f"{gt_dir}: holds no .png masks")
+        raise InputError(f"{gt_dir}: holds no .png masks")
     missing = [n for n in names if not (predict_dir / n).is_file()]
     if missing:
-        raise ValueError(f"{predict_dir / missing[0]}: missing prediction "
+        raise InputError(f"{predict_dir / missing[0]}: missing prediction "
                          f"({len(missing)} of {len(names)} ground-truth masks have none)")
     return names
 
@@ -265,9 +266,9 @@ def read_matching(path) -> Dict[int, int]:
         raw = json.loads(Path(path).read_text())
         return {int(k): int(v) for k, v in raw.items()}
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such matching file") from None
+        raise InputError(f"{path}: no such matching file") from None
     except (ValueError, AttributeError, TypeError) as e:
-        raise ValueError(f"{path}: not a matching JSON of id -> id ({e})") from None
+        raise InputError(f"{path}: not a matching JSON of id -> id ({e})") from None
 
 
 def write_matching(matching: Dict[int, int], path):
@@ -283,7 +284,7 @@ def lookup_table(matching: Dict[int, int], num_classes: int) -> np.ndarray:
     table = np.full(num_classes + 1, -1, np.int64)
     for k, v in matching.items():
         if not (0 <= k <= num_classes and 0 <= v <= num_classes):
-            raise ValueError(f"matching {k} -> {v} leaves the category range 0..{num_classes}")
+            raise InputError(f"matching {k} -> {v} leaves the category range 0..{num_classes}")
         table[k] = v
     return table
 
@@ -292,7 +293,7 @@ def class_names(categories, num_classes: int) -> List[str]:
     """``other`` followed by the wnids of an ImageNet-S categories file in class-id order."""
     ids = read_imagenet_s_categories(categories)
     if len(ids) != num_classes:
-        raise ValueError(f"{categories}: lists {len(ids)} categories, the mode has {num_classes}")
+        raise InputError(f"{categories}: lists {len(ids)} categories, the mode has {num_classes}")
     return ["other"] + sorted(ids, key=ids.get)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.ndimage import label as connected
 
 from ..metrics import FPR_LABELS, evaluate
+from ..errors import InputError
 
 IGNORE = 255
 FPR_CONVENTION = "openood"
@@ -40,7 +41,7 @@ def ood_labels(gt: np.ndarray, ood_ids: Optional[Sequence[int]] = None, ignore_i
     if ood_ids is None:
         bad = gt[(gt != 0) & (gt != 1) & (gt != IGNORE)]
         if bad.size:
-            raise ValueError(f"{source}: value {int(bad[0])} in a binary OOD mask (0 ID, 1 OOD, 255 ignore); "
+            raise InputError(f"{source}: value {int(bad[0])} in a binary OOD mask (0 ID, 1 OOD, 255 ignore); "
                              "pass --ood_ids (and --ignore_ids) for class-id masks")
         out = gt.astype(np.uint8)
     else:
@@ -54,7 +55,7 @@ def _curve_metrics(tp: np.ndarray, fp: np.ndarray, thresholds: np.ndarray) -> di
     """AUROC, AP, FPR95 and best F1 from cumulative OOD (tp) and ID (fp) counts at rising score thresholds."""
     pos, neg = tp[-1], fp[-1]
     if pos == 0 or neg == 0:
-        raise ValueError(f"pixel metrics need both OOD and ID pixels, got {int(pos)} OOD and {int(neg)} ID")
+        raise InputError(f"pixel metrics need both OOD and ID pixels, got {int(pos)} OOD and {int(neg)} ID")
     tpr, fpr = np.r_[0.0, tp / pos], np.r_[0.0, fp / neg]
     n_pred = tp + fp
     precision = np.divide(tp, n_pred, out=np.ones_like(tp, dtype=np.float64), where=n_pred > 0)
@@ -73,7 +74,7 @@ def pixel_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
     keep = labels != IGNORE
     s, y = scores[keep].astype(np.float64), labels[keep] == 1
     if not np.isfinite(s).all():
-        raise ValueError(f"scores contain {int((~np.isfinite(s)).sum())} NaN/Inf values")
+        raise InputError(f"scores contain {int((~np.isfinite(s)).sum())} NaN/Inf values")
     order = np.argsort(s, kind="stable")
     s, y = s[order], y[order]
     last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
@@ -93,7 +94,7 @@ class PixelHistogram:
 
     def __init__(self, bins: int, lo: float, hi: float):
         if not (bins >= 2 and np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-            raise ValueError(f"histogram needs at least 2 bins and a finite range lo < hi, got {bins}, [{lo}, {hi}]")
+            raise InputError(f"histogram needs at least 2 bins and a finite range lo < hi, got {bins}, [{lo}, {hi}]")
         self.bins, self.lo, self.hi = int(bins), float(lo), float(hi)
         self.edges = np.linspace(self.lo, self.hi, self.bins + 1)
         self.counts = np.zeros((2, self.bins), np.int64)
@@ -106,9 +107,9 @@ class PixelHistogram:
             return
         lo, hi = float(s.min()), float(s.max())
         if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise ValueError(f"{source}: NaN/Inf scores")
+            raise InputError(f"{source}: NaN/Inf scores")
         if lo < self.lo or hi > self.hi:
-            raise ValueError(f"{source}: score {lo if lo < self.lo else hi:g} is outside the histogram range "
+            raise InputError(f"{source}: score {lo if lo < self.lo else hi:g} is outside the histogram range "
                              f"[{self.lo:g}, {self.hi:g}]; widen --range")
         s = s.astype(np.float64)
         k = np.clip(np.ceil((s - self.lo) * (self.bins / (self.hi - self.lo))).astype(np.int64) - 1, 0, self.bins - 1)

@@ -2,7 +2,7 @@
 
 Per image: the score maps of the chosen pixel detectors (float16), the predicted class map and, when the list
 names masks, the ground truth, in one HDF5 file (:mod:`ood.segmentation.store`). Loading, devices, autocast and
-image decoding are extract_features.py's (:mod:`ood.extract`); images of one size are batched together (no
+image decoding are extract_features.py's (:mod:`ood.runtime`); images of one size are batched together (no
 padding, so every map equals a plain forward of its image), and ``--resume`` continues after the last image
 written.
 """
@@ -20,10 +20,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from ..data import LIST_FORMATS, DataList, ListFormatError, decode_imagenet_s_mask
-from ..extract import (Dist, ImageDataset, ImageError, add_run_options, autocast, default_workers, load_inputs,
-                       resolve_device)
+from ..data import LIST_FORMATS, DataList, decode_imagenet_s_mask
+from ..cli import add_run_options, run_main, stderr_log
+from ..errors import ImageError, InputError
 from ..features import PARTIAL_SUFFIX, FeatureFileError, file_sha256
+from ..runtime import Dist, ImageDataset, autocast, default_workers, load_inputs, resolve_device
 from .scoremaps import PIXEL_DETECTORS, check_detectors, score_maps
 from .store import SegmentationWriter
 
@@ -35,7 +36,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def build_model(name: str, num_classes: int, checkpoint: Optional[str] = None) -> torch.nn.Module:
     """A torchvision segmentation model, random-init or with local weights (auxiliary head dropped)."""
     if name not in MODELS:
-        raise ValueError(f"unknown segmentation model {name!r}; choose from {', '.join(MODELS)}")
+        raise InputError(f"unknown segmentation model {name!r}; choose from {', '.join(MODELS)}")
     model = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None,
                                                            num_classes=num_classes)
     if checkpoint:
@@ -198,10 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
+    log = stderr_log(args.quiet)
+
+    def go():
         if args.batch < 1:
-            raise ValueError("--batch must be at least 1")
+            raise InputError(f"--batch must be at least 1, got {args.batch}")
         detectors = check_detectors(args.detectors.split(","))
         if Path(args.out_file).exists() and not args.overwrite:
             raise FeatureFileError(f"{args.out_file}: exists already; pass --overwrite to replace it")
@@ -219,12 +221,7 @@ def main(argv=None) -> int:
                           batch=args.batch, workers=default_workers(dist) if args.workers is None else args.workers,
                           resume=args.resume, overwrite=args.overwrite, compression=args.compression, attrs=attrs,
                           progress=not args.quiet, log=log)
-    except (ImageError, FeatureFileError, ListFormatError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: rerun with --resume to continue {args.out_file}", file=sys.stderr)
-        return 130
-    log(f"{args.out_file}: {summary['images']} images, {summary['pixels']} pixels; "
-        f"{summary['images'] / max(summary['seconds'], 1e-9):.2f} images/s")
-    return 0
+        log(f"{args.out_file}: {summary['images']} images, {summary['pixels']} pixels; "
+            f"{summary['images'] / max(summary['seconds'], 1e-9):.2f} images/s")
+        return 0
+    return run_main(go, interrupted=f"rerun with --resume to continue {args.out_file}")

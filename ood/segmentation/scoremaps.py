@@ -12,6 +12,7 @@ from typing import Dict, Sequence
 import torch
 
 from ..detectors.logits import energy, gen, neg_entropy
+from ..errors import InputError
 
 PIXEL_DETECTORS = ("msp", "maxlogit", "energy", "entropy", "gen")
 
@@ -20,7 +21,7 @@ def check_detectors(names: Sequence[str]) -> list:
     names = list(names)
     unknown = [n for n in names if n not in PIXEL_DETECTORS]
     if unknown or not names:
-        raise ValueError(f"unknown pixel detector {', '.join(unknown) or '(none given)'}; "
+        raise InputError(f"unknown pixel detector {', '.join(unknown) or '(none given)'}; "
                          f"choose from {', '.join(PIXEL_DETECTORS)}")
     return names
 

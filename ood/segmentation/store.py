@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from ..features import FeatureFileError, RowFileWriter, open_h5
+from ..errors import InputError
 
 FORMAT = "ood-segmentation"
 VERSION = 1
@@ -38,7 +39,7 @@ class SegmentationWriter(RowFileWriter):
                  compression: str = "lzf", attrs: Optional[Mapping] = None, resume: bool = False,
                  overwrite: bool = False):
         if compression not in ("lzf", "gzip"):
-            raise ValueError(f"compression must be lzf or gzip, got {compression!r}")
+            raise InputError(f"compression must be lzf or gzip, got {compression!r}")
         self.detectors = list(detectors)
         self.with_gt = with_gt
         super().__init__(path, attrs={**(attrs or {}), "detectors": self.detectors}, resume=resume,
@@ -77,21 +78,21 @@ class SegmentationWriter(RowFileWriter):
         columns["pred"] = pred
         if self.with_gt:
             if gt is None:
-                raise ValueError(f"{self.tmp}: this file stores ground truth, but none was given")
+                raise InputError(f"{self.tmp}: this file stores ground truth, but none was given")
             columns["gt"] = gt
         for name, arrays in columns.items():
             flat = np.concatenate([np.asarray(a).reshape(-1) for a in arrays]) if len(arrays) else []
             if name.startswith("scores/"):
                 flat = np.asarray(flat, dtype=np.float16)
                 if not np.isfinite(flat).all():
-                    raise ValueError(f"{self.tmp}: {name} holds NaN/Inf (or values beyond float16) in "
+                    raise InputError(f"{self.tmp}: {name} holds NaN/Inf (or values beyond float16) in "
                                      f"images {lo}..{hi - 1}")
                 r = self._range[name[7:]]
                 r[:] = [min(r[0], float(flat.min())), max(r[1], float(flat.max()))] if flat.size else r
             else:
                 flat = np.asarray(flat)
                 if flat.size and (flat.min() < -32768 or flat.max() > 32767):
-                    raise ValueError(f"{self.tmp}: {name} ids do not fit int16")
+                    raise InputError(f"{self.tmp}: {name} ids do not fit int16")
             ds = self.h5[name]
             ds.resize((end,))
             ds[self.pixels:end] = flat
@@ -107,7 +108,7 @@ class SegmentationWriter(RowFileWriter):
     def close(self):
         """Mark complete and rename into place."""
         if self.rows != len(self.h5["shapes"]):
-            raise ValueError(f"{self.tmp}: {self.rows} of {len(self.h5['shapes'])} images written")
+            raise InputError(f"{self.tmp}: {self.rows} of {len(self.h5['shapes'])} images written")
         self.finish()
 
 
