@@ -35,6 +35,11 @@ class Detector:
     def score(self, split: Split) -> np.ndarray:
         raise NotImplementedError
 
+    def note(self, message: str):
+        """Record something a reader of the results should know about this fit or score (the benchmark puts
+        it beside the detector's row), e.g. a degenerate statistic or a fitted value at its search bound."""
+        self.__dict__.setdefault("notes_", []).append(message)
+
     def params(self) -> dict:
         """The hyperparameters and their current values."""
         return {k: getattr(self, k) for k in signature_defaults(type(self))}
