@@ -13,40 +13,56 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from .features import FeatureFile, FeatureFileError, Head
 from .errors import InputError
+from .features import FeatureFile, FeatureFileError, Head
 
 BLOCK_ELEMENTS = 1 << 23  # about 32 MB of float32 per block-sized temporary
 _UIDS = itertools.count(1)  # split identities: never reused within a process (unlike id())
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(device)
+#: a memo key holding this marker depends on the split's labels, and is dropped when they are set
+LABELS = "labels"
+
+
+def fit_key(name: str, train: "Split", *params) -> tuple:
+    """The memo key of a value cached on a scored split that derives from a fit on ``train``: it names the
+    train split's identity, so a detector refitted on other data never finds the first fit's values."""
+    return (name, train.uid, *params)
+
+
+def resolve_device(device="auto") -> torch.device:
+    """``auto`` = CUDA when torch sees it, else the CPU; ``cuda`` without a CUDA device is an error."""
+    from .runtime import resolve_device as resolve
+    return resolve(device)
 
 
 class Split:
     """Features [N, D], logits [N, C], labels [N] and the head (W, b) of one data split.
 
     ``features`` are read from the file on first use and checked for NaN/Inf; ``logits`` come from the file
-    when it has them, else from the head. ``memo(key, fn)`` caches anything derived from this split.
-    ``extras`` holds further named inputs of the run (e.g. ``"group_head"``) for the detectors whose
-    ``requires`` name them.
+    when it has them, else from the head (``head`` may be None for detectors that use the features alone).
+    ``memo(key, fn)`` caches anything derived from this split; ``uid`` is an identity never reused in the
+    process, for keys of values derived from a fit on this split (:func:`fit_key`). ``extras`` holds further
+    named inputs of the run (e.g. ``"group_head"``) for the detectors whose ``requires`` name them.
+
+    >>> import numpy as np
+    >>> s = Split.from_arrays("toy", np.ones((4, 3)), labels=[0, 1, 0, 1])
+    >>> s.n, s.dim, s.num_classes
+    (4, 3, 2)
     """
 
-    def __init__(self, name: str, source: FeatureFile, head: Head, device: torch.device = torch.device("cpu"),
+    def __init__(self, name: str, source: FeatureFile, head: Optional[Head], device: torch.device = torch.device("cpu"),
                  labels: Optional[np.ndarray] = None):
         self.name = name
         self.source = source
         self.head = head
         self.device = device
-        if source.dim != head.dim:
+        if head is None:
+            pass
+        elif source.dim != head.dim:
             raise FeatureFileError(f"{source.path}: feature width {source.dim} does not match the head's "
                                    f"input width {head.dim}")
-        if source.num_classes is not None and source.num_classes != head.num_classes:
+        elif source.num_classes is not None and source.num_classes != head.num_classes:
             raise FeatureFileError(f"{source.path}: {source.num_classes} logits per row, the head has "
                                    f"{head.num_classes} classes")
         self.uid = next(_UIDS)
@@ -57,10 +73,23 @@ class Split:
         self.extras: dict = {}
 
     @classmethod
-    def from_arrays(cls, name, features, head: Head, logits=None, labels=None, device="cpu") -> "Split":
-        """A split from in-memory arrays (tests, tuning subsets)."""
-        src = _ArraySource(name, np.ascontiguousarray(features, dtype=np.float32), logits, labels)
-        return cls(name, src, head, torch.device(device), None if labels is None else np.asarray(labels))
+    def from_arrays(cls, name, features, head: Optional[Head] = None, logits=None, labels=None,
+                    device="cpu") -> "Split":
+        """A split from in-memory arrays (a notebook, tests, tuning subsets)."""
+        x = np.asarray(features)
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+            raise InputError(f"{name}: features must be a non-empty 2-D array [N, D], got shape {x.shape}")
+        if logits is not None:
+            logits = np.asarray(logits)
+            if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+                raise InputError(f"{name}: logits must be [N, C] with N = {x.shape[0]} rows, got {logits.shape}")
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (x.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+                raise InputError(f"{name}: labels must be {x.shape[0]} integers, got {labels.dtype} {labels.shape}")
+            labels = labels.astype(np.int64)
+        src = _ArraySource(name, np.ascontiguousarray(x, dtype=np.float32), logits, labels)
+        return cls(name, src, head, resolve_device(device), labels)
 
     # ------------------------------------------------------------------ data
     @property
@@ -77,7 +106,17 @@ class Split:
 
     @property
     def num_classes(self) -> int:
-        return self.head.num_classes
+        """Classes of the head; without one, of the stored logits, else 1 + the largest label."""
+        if self.head is not None:
+            return self.head.num_classes
+        if self.source.num_classes is not None:
+            return self.source.num_classes
+        return int(max(self.labels.max(initial=-1), 0)) + 1
+
+    def require_head(self) -> Head:
+        if self.head is None:
+            raise InputError(f"{self.name}: this detector needs the classifier head: pass head=(W, b) to fit")
+        return self.head
 
     @property
     def features(self) -> np.ndarray:
@@ -98,7 +137,10 @@ class Split:
 
     @labels.setter
     def labels(self, value: np.ndarray):
+        """Set the labels; every memoised value that depends on them (keys holding LABELS) is dropped."""
         self._labels = np.asarray(value, dtype=np.int64)
+        for key in [k for k in self._memo if isinstance(k, tuple) and LABELS in k]:
+            del self._memo[key]
 
     @property
     def logits(self) -> np.ndarray:
@@ -116,6 +158,8 @@ class Split:
         def check():
             if not self.source.has("logits"):
                 return False
+            if self.head is None:
+                return True
             k = min(self.n, rows)
             stored = self._checked_logits(self.source.read("logits", 0, k))
             mine = self.apply_head(self.tensor(self.source.read("features", 0, k))).cpu().numpy()
@@ -144,11 +188,11 @@ class Split:
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.memo("head_weight", lambda: self.tensor(self.head.weight))
+        return self.memo("head_weight", lambda: self.tensor(self.require_head().weight))
 
     @property
     def bias(self) -> torch.Tensor:
-        return self.memo("head_bias", lambda: self.tensor(self.head.bias))
+        return self.memo("head_bias", lambda: self.tensor(self.require_head().bias))
 
     def apply_head(self, h: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.bias, h, self.weight.T)
@@ -188,6 +232,31 @@ class Split:
         if out is None:
             raise FeatureFileError(f"{self.path}: has no rows")
         return out
+
+
+def as_head(head) -> Optional[Head]:
+    """A :class:`~ood.features.Head` from a Head, a ``(W, b)`` pair, or None."""
+    if head is None or isinstance(head, Head):
+        return head
+    try:
+        w, b = head
+    except (TypeError, ValueError):
+        raise InputError("head must be a (W [C, D], b [C]) pair") from None
+    w = np.asarray(w, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32).reshape(-1)
+    if w.ndim != 2 or b.shape != (w.shape[0],):
+        raise InputError(f"head: W must be [C, D] and b [C], got {w.shape} and {b.shape}")
+    if not (np.isfinite(w).all() and np.isfinite(b).all()):
+        raise InputError("head: W or b holds NaN or Inf")
+    return Head(w, b)
+
+
+def as_split(x, name: str, labels=None, head=None, logits=None, device="cpu") -> Split:
+    """``x`` itself when it is a Split, else a Split of the arrays (features [N, D], optional labels, head
+    and logits); the detectors' ``fit`` and ``score`` accept either through this."""
+    if isinstance(x, Split):
+        return x
+    return Split.from_arrays(name, x, as_head(head), logits=logits, labels=labels, device=device)
 
 
 class _ArraySource:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .split import Split
+from .split import LABELS, Split
 from .errors import InputError
 
 _CHUNK = 1 << 24
@@ -93,7 +93,7 @@ def class_stats(train: Split) -> dict:
             sums.index_add_(0, yt[lo:hi], h.double())
         means = sums.cpu().numpy()[classes] / counts[:, None]
         return {"classes": classes, "counts": counts, "means": means}
-    return train.memo("class_stats", compute)
+    return train.memo(("class_stats", LABELS), compute)
 
 
 def within_class_scatter(train: Split) -> np.ndarray:

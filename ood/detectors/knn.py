@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..split import Split
+from ..split import Split, fit_key
 from .base import Detector, register
 from .shared import energies
 from ..errors import InputError
@@ -50,7 +50,7 @@ class Bank:
     """Rows of the train features with a per-row scale: similarity(q, i) = q_hat . x_i * scale_i."""
 
     def __init__(self, key, train: Split, rows: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None):
-        self.key = (key, id(train))
+        self.key = fit_key(key, train)
         self.train = train
         x = train.features if rows is None else train.features[rows]
         self.x = train.memo("features_tensor", lambda: train.tensor(x)) if rows is None else train.tensor(x)

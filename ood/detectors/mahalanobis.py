@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import stats
+from ..split import LABELS
 from .base import Detector, register
 
 
@@ -37,7 +38,7 @@ class Mahalanobis(Detector):
     def fit(self, train):
         cs = stats.class_stats(train)
         m = stats.moments(train)
-        L = train.memo("within_class_precision_factor",
+        L = train.memo(("within_class_precision_factor", LABELS),
                        lambda: pinv_factor(stats.within_class_scatter(train) / train.n))
         self.center_ = m["mean"]
         self.L_ = L

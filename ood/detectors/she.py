@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..split import LABELS
 from .base import Detector, register
 from .shared import feature_mean, predicted
 
@@ -31,7 +32,7 @@ def correct_class_means(train) -> np.ndarray:
         seen = (counts > 0).cpu().numpy()
         means[seen] = (sums[counts > 0] / counts[counts > 0, None]).cpu().numpy()
         return means.astype(np.float32)
-    return train.memo("correct_class_means", compute)
+    return train.memo(("correct_class_means", LABELS), compute)
 
 
 @register("she")

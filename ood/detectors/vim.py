@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import stats
-from ..split import Split
+from ..split import Split, fit_key
 from .base import Detector, register
 from .logits import energy, gen_from_logits
 from ..errors import InputError
@@ -36,13 +36,13 @@ def null_space(train: Split, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return train.memo(("vim_null_space", dim), compute)
 
 
-def residual_norm(split: Split, u: np.ndarray, NS: np.ndarray) -> np.ndarray:
-    """||(h - u) NS|| for every row of ``split``, memoised per residual space."""
+def residual_norm(split: Split, train: Split, dim: int, u: np.ndarray, NS: np.ndarray) -> np.ndarray:
+    """||(h - u) NS|| for every row of ``split``, memoised per residual space (the train split and dim)."""
     def compute():
         u_t, ns_t = split.tensor(u), split.tensor(NS)
         return split.map_blocks(lambda lo, hi, h: torch.linalg.vector_norm((h - u_t) @ ns_t, dim=1),
                                 dtype=np.float64)
-    return split.memo(("vim_residual", NS.shape[1]), compute)
+    return split.memo(fit_key("vim_residual", train, dim), compute)
 
 
 class _ResidualSpace(Detector):
@@ -52,10 +52,11 @@ class _ResidualSpace(Detector):
     def fit(self, train):
         self.dim_ = default_dim(train.dim) if self.dim is None else int(self.dim)
         self.u_, self.NS_ = null_space(train, self.dim_)
+        self.train_ = train
         return self
 
     def residual(self, split):
-        return residual_norm(split, self.u_, self.NS_)
+        return residual_norm(split, self.train_, self.dim_, self.u_, self.NS_)
 
 
 @register("vim")
