@@ -16,7 +16,8 @@ import time
 import numpy as np
 import torch
 
-from ood.benchmark import Inputs, run
+from ood.engine import run_detectors as run
+from ood.inputs import Inputs
 from ood.detectors import get_detector_class, list_detectors
 from ood.features import Head
 from ood.split import Split, resolve_device
@@ -108,7 +109,7 @@ def main():
     inputs = Inputs(head, Split.from_arrays("train", *train[:1], head, labels=train[1], device=device),
                     Split.from_arrays("id", test[0], head, labels=test[1], device=device),
                     [Split.from_arrays(f"ood{k}", x, head, device=device) for k, (x, _) in enumerate(oods)])
-    inputs.train.keep_logits = False  # as ood.benchmark.load_inputs does
+    inputs.train.keep_logits = False  # as ood.inputs.load_inputs does
     for s in [inputs.train, inputs.test, *inputs.oods]:
         s.source.path = s.path  # in-memory inputs: nothing to read
         s.features

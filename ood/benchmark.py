@@ -1,195 +1,134 @@
 """benchmark.py: fit every detector on the ID train features, score ID test and each OOD set, report metrics.
 
-The positional arguments are those of the ViM / GEN benchmark.py (fc, ID train, ID test, OOD ...), and their
-.pkl files are read too. Everything runs from the feature files alone, on CPU or a GPU through torch.
+The library entry point is :func:`run_benchmark` (files in, a :class:`~ood.engine.Result` out, with its
+provenance); :func:`main` is the command line of the ViM / GEN ``benchmark.py`` (fc, ID train, ID test,
+OOD ...), whose .pkl files are read too. Everything runs from the feature files alone, on CPU or a GPU.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib
+import importlib.util
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-import numpy as np
-
-from . import metrics, report, tuning
-from .data import read_labels
-from .detectors import create, get_detector_class, list_detectors, parse_param_args
-from .features import FeatureFile, Head, read_head
-from .heads.groups import GROUP_HEAD, group_accuracy, is_group_head, read_group_head
-from .split import Split, resolve_device
+from .cli import add_device_option, run_main, stderr_log
 from .errors import InputError
 
 VIM_FLAGS = ("clip_quantile", "clip_quantile_local", "gamma", "M")
-#: what a detector may name in ``requires`` beyond the train labels: (whether the inputs have it, how to give it)
-REQUIREMENTS = {
-    "group_head": (lambda inputs: "group_head" in inputs.train.extras,
-                   "a group-softmax head: give --head HEAD.h5 "
-                   "(python -m ood.heads train TRAIN.h5 HEAD.h5 --groups GROUPS)"),
-    "zeroshot_head": (lambda inputs: "logit_scale" in inputs.head.attrs,
-                      "a CLIP zero-shot fc head with its logit_scale (python -m ood.heads zeroshot)"),
-}
+PLUGIN_GROUP = "ood.detectors"
 
 
-@dataclass
-class Inputs:
-    head: Head
-    train: Split
-    test: Split
-    oods: List[Split]
-    notes: List[str] = field(default_factory=list)
-
-    @property
-    def has_train_labels(self) -> bool:
-        return bool((self.train.labels >= 0).any())
-
-
-@dataclass
-class Result:
-    records: List[dict]
-    scores: Dict[str, Dict[str, np.ndarray]]
-    timings: Dict[str, float]
-    accuracy: Optional[float]
-    fpr: str
-    notes: List[str]
-    params: Dict[str, dict]
-    datasets: List[str]
-
-
-def load_split(name: str, path, head: Head, device) -> Split:
-    split = Split(name, FeatureFile(path), head, device)
-    if split.n == 0:
-        raise InputError(f"{path}: has no rows (empty data set)")
-    split.features  # load and check for NaN / Inf now, not halfway through the run
-    return split
-
-
-def load_inputs(fc, train, test, oods: Sequence, device="cpu", train_label=None, group_head=None) -> Inputs:
-    device = resolve_device(device)
-    head = read_head(fc)
-    tr = load_split("train", train, head, device)
-    tr.keep_logits = False  # N x C train logits are streamed where needed, never kept
-    inputs = Inputs(head, tr, load_split("id", test, head, device),
-                    [load_split(Path(p).stem, p, head, device) for p in oods])
-    if train_label is not None:
-        labels = read_labels(train_label)
-        if labels.size != tr.n:
-            raise InputError(f"{train_label}: {labels.size} labels, but {train} has {tr.n} rows")
-        tr.labels = labels
-    names = [s.name for s in inputs.oods]
-    if len(set(names)) != len(names):
-        raise InputError(f"OOD files must have distinct names, got {', '.join(names)}")
-    attach_group_head(inputs, fc, group_head)
-    return inputs
-
-
-def attach_group_head(inputs: Inputs, fc, group_head=None):
-    """The group-softmax head (``--head``, or the fc file when it is one) goes to every split's extras."""
-    if group_head is not None and is_group_head(fc) and Path(group_head).resolve() != Path(fc).resolve():
-        raise InputError(f"{fc}: is a group head already; give the group head either as the fc file or with "
-                         f"--head, not both")
-    path = group_head if group_head is not None else (fc if is_group_head(fc) else None)
-    if path is None:
-        return
-    group = read_group_head(path)
-    if group.dim != inputs.train.dim:
-        raise InputError(f"{path}: the group head takes features of width {group.dim}, the feature files have "
-                         f"width {inputs.train.dim}")
-    for split in [inputs.train, inputs.test, *inputs.oods]:
-        split.extras["group_head"] = group
-    if not is_group_head(fc):
-        acc = group_accuracy(group, inputs.test.features, inputs.test.labels, inputs.test.device)
-        if acc is not None:
-            inputs.notes.append(f"group head {path}: ID accuracy {100 * acc:.2f}% (group and class both right)")
-
-
-def check_train_labels(inputs: Inputs, source: str):
-    y, C = inputs.train.labels, inputs.head.num_classes
-    if y.size != inputs.train.n:
-        raise InputError(f"{source}: {y.size} train labels for {inputs.train.n} rows")
-    bad = (y < 0) | (y >= C)
-    if bad.any():
-        raise InputError(f"{source}: {int(bad.sum())} train labels outside [0, {C}) (first: {int(y[bad][0])} at "
-                         f"row {int(np.argmax(bad))}); Mahalanobis needs a class label for every train row")
-
-
-def missing_inputs(method: str, inputs: Inputs) -> List[str]:
-    """How to give each input that ``method`` requires and the inputs lack (train labels are checked apart)."""
-    return [REQUIREMENTS[r][1] for r in get_detector_class(method).requires
-            if r in REQUIREMENTS and not REQUIREMENTS[r][0](inputs)]
-
-
-def select_methods(spec: Optional[str], inputs: Inputs, label_source: str) -> List[str]:
-    if spec:
-        methods = [m.strip() for m in spec.split(",") if m.strip()]
-        for m in methods:
-            for hint in missing_inputs(m, inputs):
-                raise InputError(f"{m} needs {hint}")
-        if any("train_labels" in get_detector_class(m).requires for m in methods):
-            check_train_labels(inputs, label_source)
-        return methods
-    methods = []
-    opt_in = [m for m in list_detectors() if not get_detector_class(m).default]
-    if opt_in:
-        inputs.notes.append(f"not run unless named in --methods (cost grows with train x test rows): "
-                            f"{', '.join(opt_in)}")
-    for m in list_detectors():
-        if m in opt_in:
-            continue
-        if "train_labels" in get_detector_class(m).requires and not inputs.has_train_labels:
-            inputs.notes.append(f"{m} skipped: the train split has no labels (give --train_label)")
-            continue
-        missing = missing_inputs(m, inputs)
-        if missing:
-            inputs.notes.append(f"{m} skipped: it needs {missing[0]}")
-            continue
-        methods.append(m)
-    if any("train_labels" in get_detector_class(m).requires for m in methods):
-        check_train_labels(inputs, label_source)
-    return methods
-
-
-def id_accuracy(test: Split) -> Optional[float]:
-    y = test.labels
-    known = y >= 0
-    if not known.any():
-        return None
-    if test.head.attrs.get("head_type") == GROUP_HEAD:  # a group head as the fc: MOS's group accuracy
-        return group_accuracy(test.extras["group_head"], test.features, y, test.device)
-    return float((test.logits[known].argmax(1) == y[known]).mean())
-
-
-def run(inputs: Inputs, methods: Sequence[str], params: Optional[dict] = None, fpr: str = "vim",
-        log=None) -> Result:
-    """Fit and score every method; one record per (method, OOD set)."""
-    params = params or {}
-    records, scores, timings, used = [], {}, {}, {}
-    for i, name in enumerate(methods, 1):
-        t0 = time.perf_counter()
-        det = create(name, **params.get(name, {}))
-        det.fit(inputs.train)
-        s = {"id": det.score(inputs.test)}
-        for ood in inputs.oods:
-            s[ood.name] = det.score(ood)
-        for ood in inputs.oods:
+def load_plugins(specs: Sequence[str] = (), entry_points: bool = True) -> list:
+    """Import detector plugins so their ``@register`` fills the registry: each spec is a module name or a
+    ``.py`` path; with ``entry_points``, every installed package's ``ood.detectors`` entry points too.
+    Returns the names loaded."""
+    loaded = []
+    for spec in specs:
+        path = Path(spec)
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise InputError(f"--plugin {spec}: no such file")
+            name = f"ood_plugin_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else:
             try:
-                m = metrics.evaluate(s["id"], s[ood.name], fpr=fpr)
-            except ValueError as e:
-                raise InputError(f"{name} on {ood.name}: {e}") from None
-            records.append({"method": name, "dataset": ood.name, **m})
-        timings[name] = time.perf_counter() - t0
-        scores[name] = s
-        used[name] = det.params()
-        if log:
-            log(f"[{i:2d}/{len(methods)}] {name:<16s} {timings[name]:7.2f}s")
-    notes = inputs.notes + [n for s in [inputs.train, inputs.test, *inputs.oods] for n in s.notes]
-    return Result(records, scores, timings, id_accuracy(inputs.test), fpr, notes, used,
-                  [o.name for o in inputs.oods])
+                importlib.import_module(spec)
+            except ModuleNotFoundError as e:
+                raise InputError(f"--plugin {spec}: no module of that name ({e})") from None
+        loaded.append(spec)
+    if entry_points:
+        from importlib.metadata import entry_points as eps
+        for ep in eps(group=PLUGIN_GROUP):
+            ep.load()
+            loaded.append(f"{ep.name} ({ep.value})")
+    return loaded
+
+
+def provenance(inputs, files: dict, command: Optional[Sequence[str]] = None) -> dict:
+    """How a result was made: the input files (size, model, checkpoint), library versions, command, date."""
+    import json
+
+    from .features import library_versions
+    from .inputs import file_record
+
+    return {"inputs": [file_record(role, path) for role, path in files.items()],
+            "library_versions": json.loads(library_versions()),
+            "command": list(command) if command is not None else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": str(inputs.train.device)}
+
+
+def run_benchmark(fc, train, test, oods: Sequence, methods=None, params: Optional[dict] = None, fpr: str = "vim",
+                  device: str = "cpu", train_label=None, group_head=None, tune=None, tune_id=None,
+                  allow_mixed_models: bool = False, log: Optional[Callable[[str], None]] = None,
+                  command: Optional[Sequence[str]] = None):
+    """Load the feature files, fit and score the detectors, return a :class:`~ood.engine.Result`.
+
+    ``methods``: names (a list or a comma string; default every one the inputs allow); ``params``:
+    ``{method: {name: value}}``; ``fpr``: the FPR95 convention; ``tune``/``tune_id``: validation files to pick
+    hyperparameters from each detector's grid (OpenOOD protocol). Files of different models are refused
+    unless ``allow_mixed_models``.
+
+    >>> import numpy as np, tempfile, os, ood
+    >>> from ood.features import write_features, write_fc
+    >>> d, rng = tempfile.mkdtemp(), np.random.default_rng(0)
+    >>> write_fc(os.path.join(d, "fc.h5"), rng.normal(size=(3, 8)), np.zeros(3))
+    >>> for name, n in [("train", 60), ("test", 30), ("ood", 20)]:
+    ...     write_features(os.path.join(d, name + ".h5"), rng.normal(size=(n, 8)), labels=rng.integers(0, 3, n))
+    >>> res = ood.run_benchmark(*(os.path.join(d, f + ".h5") for f in ("fc", "train", "test")),
+    ...                         [os.path.join(d, "ood.h5")], methods="msp,vim")
+    >>> [(r["method"], r["dataset"]) for r in res.records]
+    [('msp', 'ood'), ('vim', 'ood')]
+    """
+    from . import tuning
+    from .detectors import create, get_detector_class
+    from .engine import run_detectors
+    from .inputs import check_same_model, file_record, load_inputs, select_methods
+
+    files = {"fc": fc, "train": train, "test": test, **{f"ood:{Path(p).stem}": p for p in oods}}
+    if train_label is not None:
+        files["train_label"] = train_label
+    mixed = check_same_model([file_record(role, p) for role, p in files.items() if role != "train_label"],
+                             allow_mixed_models)
+    inputs = load_inputs(fc, train, test, oods, device, train_label, group_head)
+    if mixed:
+        inputs.notes.append(mixed)
+    methods = select_methods(methods, inputs, train_label or train)
+    params = {m: dict(p) for m, p in (params or {}).items()}
+    for method in params:
+        create(method, **params[method])  # an unknown parameter or a value out of range fails before any work
+    if log:
+        log(f"train {inputs.train.n} x {inputs.train.dim}, ID test {inputs.test.n}, "
+            + ", ".join(f"{o.name} {o.n}" for o in inputs.oods) + f"; {len(methods)} methods on "
+            f"{inputs.train.device}")
+    if tune:
+        params = tuning.tune_inputs(inputs, methods, params, tune, tune_id, log)
+    uses_id_val = [m for m in methods if "id_val" in get_detector_class(m).requires]
+    if tune_id and not tune:
+        if not uses_id_val:
+            raise InputError("--tune_id is an ID validation file for --tune OOD_VAL, or for detectors that fit on "
+                             "ID validation data (temp_scaling); neither is asked for")
+        inputs.id_val = tuning.load_val("id_val", tune_id, inputs.train)
+    if inputs.id_val is None and uses_id_val:
+        inputs.id_val, inputs.id_rest = tuning.hold_out(inputs.test)
+        inputs.notes.append(f"ID validation for {', '.join(uses_id_val)}: a seeded {inputs.id_val.n} of the {inputs.test.n} ID "
+                            f"test rows, left out of the rows those detectors are scored on (give --tune_id "
+                            f"for a separate file)")
+    result = run_detectors(inputs, methods, params, fpr, log)
+    result.provenance.update(provenance(inputs, files, command))
+    result.provenance.update({"fpr_convention": fpr, "id_accuracy": result.accuracy, "params": result.params})
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .metrics import FPR_CONVENTIONS
+
     p = argparse.ArgumentParser(
         prog="benchmark.py",
         description="Post-hoc OOD detectors on stored features: fc, ID train, ID test, OOD sets "
@@ -198,11 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id_train_feature", help="ID train features")
     p.add_argument("id_val_feature", help="ID test features")
     p.add_argument("ood_features", nargs="+", help="one or more OOD feature files (named by their stem)")
-    p.add_argument("--methods", help=f"comma list (default: all the inputs allow): {', '.join(list_detectors())}")
+    p.add_argument("--methods", help="comma list of detectors (default: every one the inputs allow; "
+                                     "python -c 'import ood; print(ood.list_detectors())' lists them)")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
                    help="set a hyperparameter, e.g. vim.dim=512 (repeatable)")
-    p.add_argument("--fpr", choices=metrics.FPR_CONVENTIONS, default="vim", help="FPR95 convention")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                   help="import a detector plugin (a .py file or a module) before the run (repeatable); "
+                        f"installed packages' '{PLUGIN_GROUP}' entry points load by themselves")
+    p.add_argument("--fpr", choices=FPR_CONVENTIONS, default="vim", help="FPR95 convention")
+    add_device_option(p)
     p.add_argument("--train_label", help="ViM-style list 'path label' overriding the train file's labels")
     p.add_argument("--head", help="group-softmax head for mos (python -m ood.heads train); a group head may "
                                   "also be given as the fc file")
@@ -212,12 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--M", help="GEN top-M classes (default 100)")
     p.add_argument("--tune", metavar="OOD_VAL", help="pick each detector's hyperparameters from its grid by "
                    "AUROC of ID validation features against this validation OOD file (never a test OOD file)")
-    p.add_argument("--tune_id", metavar="ID_VAL", help="ID validation features for --tune (default: a seeded "
-                   "10%% of the ID test split, then left out of the reported results)")
-    p.add_argument("--json", help="write one record per (method, dataset) as JSON")
+    p.add_argument("--tune_id", metavar="ID_VAL", help="ID validation features for --tune and for detectors "
+                   "that fit on ID validation data (temp_scaling); default: a seeded 10%% of the ID test split, "
+                   "then left out of the rows those detectors are scored on")
+    p.add_argument("--allow_mixed_models", action="store_true",
+                   help="compare feature files whose model or checkpoint_sha256 attributes disagree")
+    p.add_argument("--json", help="write the records and the run's provenance as JSON")
     p.add_argument("--csv", help="write one record per (method, dataset) as CSV")
     p.add_argument("--format", choices=("table", "markdown", "latex"), default="table", help="printed table")
-    p.add_argument("--plots", metavar="DIR", help="write per-detector score histograms and ROC curves (PNG)")
+    p.add_argument("--plots", metavar="DIR", help="write per-detector score histograms and ROC curves")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--protocol", choices=("standard", "sood"), default="standard",
                    help="sood: files are fc, train_iid, [IID test], shifted sets (easy, hard); reports accuracy "
@@ -231,36 +177,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if args.protocol == "sood":
-        from . import sood
-        return sood.main(args, log)
-    try:
-        inputs = load_inputs(args.fc, args.id_train_feature, args.id_val_feature, args.ood_features,
-                             args.device, args.train_label, args.head)
-        methods = select_methods(args.methods, inputs, args.train_label or args.id_train_feature)
-        flags = {k: getattr(args, k) for k in VIM_FLAGS}
-        params = parse_param_args(args.param, flags, methods)
-        for method in params:
-            create(method, **params[method])  # an unknown parameter fails before any work
-        if log:
-            log(f"train {inputs.train.n} x {inputs.train.dim}, ID test {inputs.test.n}, "
-                + ", ".join(f"{o.name} {o.n}" for o in inputs.oods) + f"; {len(methods)} methods on "
-                f"{inputs.train.device}")
-        if args.tune:
-            params = tuning.tune_inputs(inputs, methods, params, args.tune, args.tune_id, log)
-        elif args.tune_id:
-            raise InputError("--tune_id needs --tune OOD_VAL")
-        result = run(inputs, methods, params, args.fpr, log)
-    except (InputError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.format_table(result, args.format))
-    if args.json:
-        report.write_json(result, args.json)
-    if args.csv:
-        report.write_csv(result, args.csv)
-    if args.plots:
-        from . import plots
-        plots.write_plots(result, args.plots)
-    return 0
+    log = stderr_log(args.quiet)
+    command = [Path(sys.argv[0]).name] + list(sys.argv[1:] if argv is None else argv)
+
+    def go() -> int:
+        from .fileio import check_writable
+
+        for path, what in ((args.json, "JSON output"), (args.csv, "CSV output")):
+            if path:
+                check_writable(path, what)
+        if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+            raise InputError(f"{args.plots}: --plots needs a directory, and this is a file")
+        load_plugins(args.plugin)
+        from .detectors import parse_param_args
+
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+        params = parse_param_args(args.param, {k: getattr(args, k) for k in VIM_FLAGS}, methods)
+        if args.protocol == "sood":
+            from . import sood
+            res = sood.run_protocol(args.fc, args.id_train_feature, [args.id_val_feature, *args.ood_features],
+                                    methods=methods, params=params, fpr=args.fpr, device=args.device,
+                                    train_label=args.train_label, holdout=args.holdout, seed=args.holdout_seed,
+                                    log=log)
+            print(sood.format_report(res, args.format))
+            sood.write_outputs(res, json_path=args.json, csv_path=args.csv, plots=args.plots)
+            return 0
+        result = run_benchmark(args.fc, args.id_train_feature, args.id_val_feature, args.ood_features,
+                               methods=methods, params=params, fpr=args.fpr, device=args.device,
+                               train_label=args.train_label, group_head=args.head, tune=args.tune,
+                               tune_id=args.tune_id, allow_mixed_models=args.allow_mixed_models, log=log,
+                               command=command)
+        from . import report
+
+        print(report.format_table(result, args.format))
+        report.write_outputs(result, json_path=args.json, csv_path=args.csv)
+        if args.plots:
+            from . import plots
+            plots.write_plots(result, args.plots)
+        return 0
+    return run_main(go)

@@ -8,14 +8,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 
+from .fileio import write_texts
 from .metrics import FPR_LABELS
 
 RECORD_KEYS = ("method", "dataset", "auroc", "fpr95", "aupr_in", "aupr_out")
+
+
+def _pct(values) -> str:
+    """Percent with 2 decimals of the mean of ``values``; "n/a" where a detector could not score (None)."""
+    return "n/a" if any(v is None for v in values) else f"{100 * np.mean(values):.2f}"
 
 
 def _rows(result):
@@ -24,12 +28,12 @@ def _rows(result):
     for d in result.datasets + ["Mean"]:
         header += [f"{d} AUROC", f"{d} FPR95"]
     rows = []
-    for m in result.scores:
+    for m in dict.fromkeys(r["method"] for r in result.records):
         cells = [m]
         for d in result.datasets:
-            cells += [f"{100 * by[m, d]['auroc']:.2f}", f"{100 * by[m, d]['fpr95']:.2f}"]
-        cells += [f"{100 * np.mean([by[m, d]['auroc'] for d in result.datasets]):.2f}",
-                  f"{100 * np.mean([by[m, d]['fpr95'] for d in result.datasets]):.2f}"]
+            cells += [_pct([by[m, d]["auroc"]]), _pct([by[m, d]["fpr95"]])]
+        cells += [_pct([by[m, d]["auroc"] for d in result.datasets]),
+                  _pct([by[m, d]["fpr95"] for d in result.datasets])]
         rows.append(cells)
     return header, rows
 
@@ -72,25 +76,44 @@ def format_table(result, fmt: str = "table") -> str:
 
 
 def records(result) -> list:
-    return [{**{k: r[k] for k in RECORD_KEYS}, "fpr_convention": result.fpr} for r in result.records]
+    """One record per (method, dataset): the metrics as fractions (None where the detector could not score),
+    the FPR convention, the hyperparameters as used and the note, if any."""
+    params = getattr(result, "params", {}) or {}
+    return [{**{k: r[k] for k in RECORD_KEYS}, "fpr_convention": result.fpr, "params": params.get(r["method"], {}),
+             "note": r.get("note")} for r in result.records]
 
 
-def _atomic_write(path, text: str):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def to_json(obj) -> str:
+    """JSON that never holds a bare NaN or Infinity: non-finite floats become null."""
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, (float, np.floating)):
+            return float(x) if np.isfinite(x) else None
+        if isinstance(x, np.integer):
+            return int(x)
+        return x
+    return json.dumps(clean(obj), indent=2, allow_nan=False) + "\n"
 
 
-def write_json(result, path):
-    _atomic_write(path, json.dumps(records(result), indent=2) + "\n")
+def json_text(result) -> str:
+    """The JSON of a result: its records, notes and provenance (inputs, versions, command, date)."""
+    return to_json({"records": records(result), "notes": result.notes,
+                    "provenance": getattr(result, "provenance", {})})
 
 
-def write_csv(result, path):
+def csv_text(result) -> str:
+    """The CSV of a result: one row per (method, dataset), the hyperparameters as a JSON column."""
     buf = io.StringIO()
-    recs = records(result)
+    recs = [{**r, "params": json.dumps(r["params"], sort_keys=True)} for r in records(result)]
     w = csv.DictWriter(buf, fieldnames=list(recs[0]))
     w.writeheader()
     w.writerows(recs)
-    _atomic_write(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_outputs(result, json_path=None, csv_path=None):
+    """Write the JSON and the CSV of a result: both are replaced, or neither."""
+    write_texts([(p, f(result)) for p, f in ((json_path, json_text), (csv_path, csv_text)) if p])

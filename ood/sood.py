@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,15 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import benchmark, report
-from .benchmark import Inputs, Result, load_split
+from . import report
 from .data import read_labels
-from .detectors import create, parse_param_args
-from .features import read_head
-from .split import Split, resolve_device
+from .detectors import create
+from .engine import Result, run_detectors
 from .errors import InputError
+from .features import read_head
+from .fileio import write_texts
+from .inputs import Inputs, load_split, select_methods
+from .split import Split, resolve_device
 
 HOLDOUT_FRACTION = 0.1
 ALL = "all"
@@ -148,7 +149,7 @@ def run_sood(inputs: Inputs, superclass: Dict[str, Optional[np.ndarray]], method
     if all(v is None for v in superclass.values()):
         inputs.notes.append("the feature files have no 'superclass' column (extract them from the SOOD lists): "
                             "accuracy is shown per class")
-    detection = benchmark.run(inputs, methods, params, fpr, log)
+    detection = run_detectors(inputs, methods, params, fpr, log)
     return SoodResult(detection, accuracy, [s.name for s in splits])
 
 
@@ -175,46 +176,58 @@ def format_report(res: SoodResult, fmt: str = "table") -> str:
     return "\n".join(out)
 
 
-def write_json(res: SoodResult, path):
-    recs = report.records(res.detection)
-    report._atomic_write(path, json.dumps({"detection": recs, "accuracy": res.accuracy,
-                                           "notes": res.detection.notes}, indent=2) + "\n")
-
-
-def write_accuracy_csv(res: SoodResult, path):
+def accuracy_csv(res: SoodResult) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["split", "superclass", "n", "accuracy"])
     w.writeheader()
     w.writerows(res.accuracy)
-    report._atomic_write(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def main(args, log=None) -> int:
-    """``benchmark.py --protocol sood``: the parsed benchmark arguments in, the exit status out."""
-    try:
-        inputs, superclass = load(args.fc, args.id_train_feature,
-                                  [args.id_val_feature] + list(args.ood_features), args.device,
-                                  args.train_label, args.holdout, args.holdout_seed)
-        methods = benchmark.select_methods(args.methods, inputs, args.train_label or args.id_train_feature)
-        flags = {k: getattr(args, k) for k in benchmark.VIM_FLAGS}
-        params = parse_param_args(args.param, flags, methods)
-        for method in params:
-            create(method, **params[method])
-        if log:
-            log(f"SOOD: train {inputs.train.n} x {inputs.train.dim}, IID test {inputs.test.n}, "
-                + ", ".join(f"{o.name} {o.n}" for o in inputs.oods) + f"; {len(methods)} methods on "
-                f"{inputs.train.device}")
-        res = run_sood(inputs, superclass, methods, params, args.fpr, log)
-    except (InputError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_report(res, args.format))
-    if args.json:
-        write_json(res, args.json)
-    if args.csv:
-        report.write_csv(res.detection, args.csv)
-        write_accuracy_csv(res, Path(args.csv).with_suffix(".accuracy.csv"))
-    if args.plots:
-        from . import plots
-        plots.write_plots(res.detection, args.plots)
-    return 0
+def write_outputs(res: SoodResult, json_path=None, csv_path=None, plots=None):
+    """The JSON (detection records, accuracy, notes), the detection CSV with the accuracy CSV beside it
+    (``<csv>.accuracy.csv``), and the plots; the text files are all replaced or none."""
+    texts = []
+    if json_path:
+        texts.append((json_path, report.to_json({"detection": report.records(res.detection),
+                                                 "accuracy": res.accuracy, "notes": res.detection.notes,
+                                                 "provenance": res.detection.provenance})))
+    if csv_path:
+        texts += [(csv_path, report.csv_text(res.detection)),
+                  (Path(csv_path).with_suffix(".accuracy.csv"), accuracy_csv(res))]
+    write_texts(texts)
+    if plots:
+        from . import plots as plotting
+        plotting.write_plots(res.detection, plots)
+
+
+def run_protocol(fc, train, tests: Sequence, methods=None, params: Optional[dict] = None, fpr: str = "vim",
+                 device: str = "cpu", train_label=None, holdout: Optional[float] = None, seed: int = 0,
+                 log=None) -> SoodResult:
+    """``benchmark.py --protocol sood`` as a function of plain values: load, select, check, run."""
+    inputs, superclass = load(fc, train, tests, device, train_label, holdout, seed)
+    methods = select_methods(methods, inputs, train_label or train)
+    params = params or {}
+    for method in params:
+        create(method, **params[method])
+    if log:
+        log(f"SOOD: train {inputs.train.n} x {inputs.train.dim}, IID test {inputs.test.n}, "
+            + ", ".join(f"{o.name} {o.n}" for o in inputs.oods) + f"; {len(methods)} methods on "
+            f"{inputs.train.device}")
+    return run_sood(inputs, superclass, methods, params, fpr, log)
+
+
+def main(argv=None) -> int:
+    """``python -m ood.sood build ...``: the SOOD data engine (:mod:`ood.sood_build`). The protocol itself runs
+    through ``benchmark.py --protocol sood``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["build"]:
+        from .sood_build import main as build_main
+        return build_main(argv[1:])
+    print("usage: python -m ood.sood build ...   (the SOOD data engine; the protocol: benchmark.py --protocol "
+          "sood)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from .checks import check_finite_rows
 from .errors import InputError
 from .features import FeatureFile, FeatureFileError, Head
 
@@ -122,10 +123,7 @@ class Split:
     def features(self) -> np.ndarray:
         def load():
             x = np.ascontiguousarray(self.source.read("features"), dtype=np.float32)
-            bad = ~np.isfinite(x).all(axis=1)
-            if bad.any():
-                raise FeatureFileError(f"{self.path}: {int(bad.sum())} rows of features contain NaN or Inf "
-                                       f"(first at row {int(np.argmax(bad))})")
+            check_finite_rows(x, self.path)
             return x
         return self.memo("features", load)
 

@@ -1,48 +1,15 @@
-import numpy as np
-import pytest
+"""The test session: BLAS and torch threads pinned (steady timings), the shared ``problem`` fixture."""
+import os
 
-from ood.features import Head
-from ood.split import Split
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-def make_problem(seed=0, C=7, D=16, n_train=400, n_test=120, n_ood=90):
-    """Small random features with class structure: train (labelled), ID test, one OOD set, and a head."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(C, D)) * 2
-    W = rng.normal(size=(C, D)).astype(np.float32)
-    b = rng.normal(size=C).astype(np.float32)
+from .helpers import make_problem  # noqa: E402
 
-    def sample(n, labelled=True):
-        y = rng.integers(0, C, n)
-        x = np.abs(centers[y] + rng.normal(size=(n, D))) if labelled else np.abs(rng.normal(size=(n, D)) * 2.5)
-        return x.astype(np.float32), (y if labelled else np.full(n, -1))
-
-    head = Head(W, b)
-    xtr, ytr = sample(n_train)
-    xte, yte = sample(n_test)
-    xo, yo = sample(n_ood, labelled=False)
-    return {
-        "head": head,
-        "train": Split.from_arrays("train", xtr, head, labels=ytr),
-        "test": Split.from_arrays("id", xte, head, labels=yte),
-        "ood": Split.from_arrays("ood", xo, head, labels=yo),
-        "arrays": {"train": (xtr, ytr), "test": (xte, yte), "ood": (xo, yo)},
-    }
-
-
-def write_problem_files(directory, seed=5):
-    """A problem as benchmark.py inputs: fc.h5, train.h5, val.h5 (ID test), near.h5 and far.h5 (OOD)."""
-    from ood.features import write_fc, write_features
-
-    p = make_problem(seed=seed)
-    head = p["head"]
-    write_fc(directory / "fc.h5", head.weight, head.bias)
-    for name, key in (("train", "train"), ("val", "test"), ("near", "ood")):
-        x, y = p["arrays"][key]
-        write_features(directory / f"{name}.h5", x, labels=y)
-    far = np.abs(np.random.default_rng(9).normal(size=(70, head.dim)) * 3).astype(np.float32)
-    write_features(directory / "far.h5", far)
-    return p
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from ood.benchmark import main
 from ood.features import write_features
-from tests.conftest import write_problem_files
+from tests.helpers import benchmark_args, write_problem_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,9 +23,7 @@ def files(tmp_path):
     return tmp_path, write_problem_files(tmp_path)
 
 
-def args(d, *extra):
-    return [str(d / "fc.h5"), str(d / "train.h5"), str(d / "val.h5"), str(d / "near.h5"), str(d / "far.h5"),
-            "--quiet", *extra]
+args = benchmark_args
 
 
 def test_cli_table_json_csv(files, capsys):
@@ -33,7 +31,7 @@ def test_cli_table_json_csv(files, capsys):
     assert main(args(d, "--json", str(d / "r.json"), "--csv", str(d / "r.csv"))) == 0
     out = capsys.readouterr().out
     assert "ViM" in out and "ID accuracy" in out
-    recs = json.loads((d / "r.json").read_text())
+    recs = json.loads((d / "r.json").read_text())["records"]
     from tests.test_detectors import CORE
     methods = {r["method"] for r in recs}
     assert set(CORE) <= methods and len(recs) == 2 * len(methods)
@@ -66,7 +64,7 @@ def test_cli_params_and_vim_flags_change_results(files, capsys):
     main(args(d, "--methods", "gen", "--json", str(d / "a.json")))
     main(args(d, "--methods", "gen", "--gamma", "0.9", "--M", "2", "--json", str(d / "b.json")))
     main(args(d, "--methods", "gen", "--param", "gen.gamma=0.9", "--param", "gen.M=2", "--json", str(d / "c.json")))
-    a, b, c = (json.loads((d / f"{k}.json").read_text()) for k in "abc")
+    a, b, c = (json.loads((d / f"{k}.json").read_text())["records"] for k in "abc")
     assert a != b and b == c
 
 
@@ -82,8 +80,8 @@ def test_cli_reads_vim_pickles(files, tmp_path, capsys):
                "--train_label", str(d / "labels.txt"), "--json", str(d / "p.json")])
     assert rc == 0
     main(args(d, "--json", str(d / "h.json")))
-    from_pkl = {r["method"]: r["auroc"] for r in json.loads((d / "p.json").read_text())}
-    from_h5 = {r["method"]: r["auroc"] for r in json.loads((d / "h.json").read_text()) if r["dataset"] == "near"}
+    from_pkl = {r["method"]: r["auroc"] for r in json.loads((d / "p.json").read_text())["records"]}
+    from_h5 = {r["method"]: r["auroc"] for r in json.loads((d / "h.json").read_text())["records"] if r["dataset"] == "near"}
     assert from_pkl == pytest.approx(from_h5)
 
 

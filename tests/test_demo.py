@@ -190,7 +190,7 @@ def test_benchmark_records_for_every_detector(pipeline, bench):
     p = pipeline
     expected = set(feature_detectors())
     assert {"msp", "vim", "mahalanobis", "knn"} <= expected
-    records = json.loads((p["out"] / "results.json").read_text())
+    records = json.loads((p["out"] / "results.json").read_text())["records"]
     assert {(r["method"], r["dataset"]) for r in records} == {(m, d) for m in expected for d in ("near_ood", "far_ood")}
     assert len(records) == 2 * len(expected)
     assert all(0.0 <= r[k] <= 1.0 for r in records for k in ("auroc", "fpr95", "aupr_in", "aupr_out"))

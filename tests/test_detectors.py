@@ -209,7 +209,7 @@ def test_stored_logits_are_used_only_when_they_are_the_heads(problem):
 
 
 def test_mahalanobis_singular_covariance_uses_the_pseudo_inverse():
-    from tests.conftest import make_problem
+    from tests.helpers import make_problem
     p = make_problem(seed=4)
     for key in ("train", "test", "ood"):
         x = p["arrays"][key][0]

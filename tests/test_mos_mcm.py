@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from ood.benchmark import load_inputs, main as benchmark_main, select_methods
+from ood.benchmark import main as benchmark_main
+from ood.inputs import load_inputs, select_methods
 from ood.detectors import create
 from ood.features import FeatureFileError, Head, write_fc, write_features
 from ood.heads import GroupHead, group_accuracy, write_group_head
@@ -125,7 +126,7 @@ def feature_args(d):
 
 
 def mos_record(d):
-    return next(r for r in json.loads((d / "r.json").read_text()) if r["method"] == "mos")
+    return next(r for r in json.loads((d / "r.json").read_text())["records"] if r["method"] == "mos")
 
 
 def test_benchmark_reads_a_group_head_as_the_fc_file(files, capsys):
@@ -174,6 +175,6 @@ def test_benchmark_runs_mcm_and_logit_detectors_on_a_zeroshot_head(files, capsys
     write_fc(d / "zs.h5", head.weight, head.bias, logit_scale=50.0)
     assert benchmark_main([str(d / "zs.h5"), *feature_args(d), "--methods", "mcm,msp,energy,gen",
                            "--json", str(d / "r.json")]) == 0
-    recs = {r["method"]: r for r in json.loads((d / "r.json").read_text())}
+    recs = {r["method"]: r for r in json.loads((d / "r.json").read_text())["records"]}
     assert set(recs) == {"mcm", "msp", "energy", "gen"}
     assert 0.0 <= recs["mcm"]["auroc"] <= 1.0

@@ -14,7 +14,7 @@ from ood.benchmark import main
 from ood.detectors import base, create
 from ood.features import Head, write_features
 from ood.split import Split
-from tests.conftest import make_problem, write_problem_files
+from tests.helpers import benchmark_args, make_problem, write_problem_files
 
 
 class Column(base.Detector):
@@ -97,9 +97,7 @@ def files(tmp_path):
     return tmp_path, p
 
 
-def args(d, *extra):
-    return [str(d / "fc.h5"), str(d / "train.h5"), str(d / "val.h5"), str(d / "near.h5"), str(d / "far.h5"),
-            "--quiet", *extra]
+args = benchmark_args
 
 
 def slow_knn(xtr, x, k):
@@ -127,7 +125,7 @@ def test_cli_tune_with_id_validation_file(files, capsys):
     val = {kk: auroc(slow_knn(xtr, q, kk), slow_knn(xtr, xv, kk)) for kk in (50, 100, 200)}
     assert val[k] == pytest.approx(max(val.values()), abs=2 / (120 * 60))
     # the test sets are scored whole with the chosen k
-    rec = next(r for r in json.loads((d / "r.json").read_text()) if r["method"] == "knn" and r["dataset"] == "near")
+    rec = next(r for r in json.loads((d / "r.json").read_text())["records"] if r["method"] == "knn" and r["dataset"] == "near")
     x_id, x_ood = (p["arrays"][s][0].astype(np.float64) for s in ("test", "ood"))
     want = auroc(slow_knn(xtr, x_id, k), slow_knn(xtr, x_ood, k))
     assert rec["auroc"] == pytest.approx(want, abs=2 / (120 * 90))  # float32 distances may swap a near tie
@@ -149,7 +147,7 @@ def test_cli_tune_holds_out_part_of_the_id_test_split(files, capsys):
         c = x - m
         w = W[np.argmax(x @ W.T + b, axis=1)]
         return (w * c).sum(1) / np.linalg.norm(c, axis=1) + alpha * np.abs(x).sum(1)
-    rec = next(r for r in json.loads((d / "r.json").read_text()) if r["dataset"] == "near")
+    rec = next(r for r in json.loads((d / "r.json").read_text())["records"] if r["dataset"] == "near")
     want = auroc(nci(p["arrays"]["test"][0][~held]), nci(p["arrays"]["ood"][0]))
     assert rec["auroc"] == pytest.approx(want, abs=1e-9)
 
@@ -184,7 +182,7 @@ def test_cli_refuses_the_id_test_file_as_id_validation(files, capsys):
 def test_cli_tune_id_alone_is_an_error(files, capsys):
     d, _ = files
     assert main(args(d, "--methods", "msp", "--tune_id", str(d / "id_val.h5"))) == 2
-    assert "--tune_id needs --tune" in capsys.readouterr().err
+    assert "--tune_id is an ID validation file for --tune OOD_VAL" in capsys.readouterr().err
 
 
 def test_knn_sweep_searches_each_split_once(monkeypatch):

@@ -110,6 +110,16 @@ class Detector:
         it beside the detector's row), e.g. a degenerate statistic or a fitted value at its search bound."""
         self.__dict__.setdefault("notes_", []).append(message)
 
+    def fitted_values(self) -> dict:
+        """The scalar values learnt by ``fit`` (attributes ending in ``_``: ViM's dim_ and alpha_, a fitted
+        temperature T_, a clip value clip_), for the provenance of a result."""
+        out = {}
+        for k, v in vars(self).items():
+            if k.endswith("_") and not k.startswith("_") and k not in ("train_uid_", "notes_"):
+                if isinstance(v, (bool, int, float, np.integer, np.floating)):
+                    out[k] = v.item() if hasattr(v, "item") else v
+        return out
+
     def params(self) -> dict:
         """The hyperparameters and their current values."""
         return {k: getattr(self, k) for k in signature_defaults(type(self))}

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from ..checks import check_finite_rows, check_labels
 from ..data import read_groups as read_group_counts, read_labels
 from ..features import FeatureFile, FeatureFileError, write_fc
 from .groups import FLAT_HEAD, group_accuracy, kmeans_groups, layout_from_counts, read_groups, write_group_head
@@ -33,18 +34,8 @@ def load_train(path, train_label=None):
         raise FeatureFileError(f"{path}: has no rows")
     if y.size != len(x):
         raise InputError(f"{train_label or path}: {y.size} labels for {len(x)} rows")
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        raise FeatureFileError(f"{path}: {int(bad.sum())} rows of features contain NaN or Inf "
-                               f"(first at row {int(np.argmax(bad))})")
+    check_finite_rows(x, path)
     return x, y, width, attrs
-
-
-def check_labels(y, num_classes, source):
-    bad = (y < 0) | (y >= num_classes)
-    if bad.any():
-        raise InputError(f"{source}: {int(bad.sum())} train labels outside [0, {num_classes}) (first: "
-                         f"{int(y[bad][0])} at row {int(np.argmax(bad))}); every train row needs a class")
 
 
 def flat_accuracy(head, x, y, rows: int = 8192) -> float:
@@ -73,11 +64,11 @@ def resolve_groups(spec: str, x, y, num_classes, seed):
 def cmd_train(args) -> str:
     x, y, width, attrs = load_train(args.train, args.train_label)
     C = args.num_classes or width or int(y.max()) + 1
-    check_labels(y, C, args.train_label or args.train)
+    check_labels(y, len(y), C, args.train_label or args.train)
     g, C = resolve_groups(args.groups, x, y, C, args.seed)
     if width is not None and width != C:
         raise InputError(f"{args.train}: has {width} logits per row, the groups describe {C} classes")
-    check_labels(y, C, args.train_label or args.train)
+    check_labels(y, len(y), C, args.train_label or args.train)
     head, recipe = train_head(x, y, C, g, epochs=args.epochs, seed=args.seed, device=args.device,
                               progress=not args.quiet)
     meta = {k: attrs[k] for k in PROVENANCE if k in attrs}

@@ -1,0 +1,116 @@
+"""Fit and score detectors over loaded inputs, one detector at a time, and keep the table up when one fails.
+
+A detector that cannot fit, or gives non-finite scores for some rows, does not stop the run: its records carry
+``null`` metrics and a note saying why, every other detector is reported. A bug (any exception that is not a
+user's mistake or a numerical breakdown) keeps its traceback.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import metrics
+from .detectors import create, get_detector_class
+from .errors import InputError
+from .inputs import Inputs, id_accuracy
+from .split import Split
+
+METRIC_KEYS = ("auroc", "fpr95", "aupr_in", "aupr_out")
+#: exceptions that mean "this detector cannot cope with these inputs", not "the code is wrong"
+DETECTOR_FAILURES = (InputError, np.linalg.LinAlgError, torch.linalg.LinAlgError, FloatingPointError)
+
+
+@dataclass
+class Result:
+    """The outcome of a run: one record per (method, OOD set), the scores, and how they were made.
+
+    ``records`` hold ``method``, ``dataset``, the metrics as fractions (None where a detector could not score)
+    and ``note`` where something needs saying; ``scores[method][split]`` the float64 scores; ``params`` the
+    hyperparameters as used (tuned values included); ``provenance`` the input files, versions, command, date.
+    """
+
+    records: List[dict]
+    scores: Dict[str, Dict[str, np.ndarray]]
+    timings: Dict[str, float]
+    accuracy: Optional[float]
+    fpr: str
+    notes: List[str]
+    params: Dict[str, dict]
+    datasets: List[str]
+    provenance: dict = field(default_factory=dict)
+
+    def to_frame(self):
+        """The records as a pandas DataFrame (pandas is an optional extra, imported only here); the
+        hyperparameters of each method are in the ``params`` column."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise InputError("to_frame needs pandas: pip install 'ood[pandas]'") from None
+        return pd.DataFrame([{**r, "params": self.params.get(r["method"], {})} for r in self.records])
+
+
+def _score_split(det, split: Split, name: str) -> np.ndarray:
+    s = det.score(split)
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise FloatingPointError(f"{int(bad.sum())} of {split.n} {name} rows got a NaN/Inf score "
+                                 f"(first at row {int(np.argmax(bad))})")
+    return s
+
+
+def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict] = None, fpr: str = "vim",
+                  log: Optional[Callable[[str], None]] = None) -> Result:
+    """Fit every method on the train split, score the ID test split and every OOD set; one record per
+    (method, OOD set). A detector that needs an ID validation split (``requires`` "id_val") finds it in
+    ``train.extras["id_val"]`` and is scored on the ID test rows left after the hold-out."""
+    params = params or {}
+    records, scores, timings, used, fitted = [], {}, {}, {}, {}
+    notes = list(inputs.notes)
+    for i, name in enumerate(methods, 1):
+        t0 = time.perf_counter()
+        det = create(name, **params.get(name, {}))
+        test = inputs.test
+        note = []
+        if "id_val" in get_detector_class(name).requires and inputs.id_val is not None:
+            inputs.train.extras["id_val"] = inputs.id_val
+            if inputs.id_rest is not None:
+                test = inputs.id_rest
+                note.append(f"scored on the {test.n} ID test rows left after holding out {inputs.id_val.n} "
+                            f"as its ID validation split")
+        try:
+            det.fit(inputs.train)
+            s = {"id": _score_split(det, test, "ID test")}
+            for ood in inputs.oods:
+                s[ood.name] = _score_split(det, ood, ood.name)
+        except DETECTOR_FAILURES as e:
+            s = None
+            note.append(f"could not be run: {e}")
+        finally:
+            inputs.train.extras.pop("id_val", None)
+        note += getattr(det, "notes_", [])
+        for ood in inputs.oods:
+            rec = {"method": name, "dataset": ood.name, **dict.fromkeys(METRIC_KEYS)}
+            rec_notes = list(note)
+            if s is not None:
+                rec.update(metrics.evaluate(s["id"], s[ood.name], fpr=fpr))
+                if ood.n == 1:
+                    rec_notes.append(f"{ood.name} has one row: FPR95 can only be 0 or 1")
+            if rec_notes:
+                rec["note"] = "; ".join(rec_notes)
+            records.append(rec)
+        timings[name] = time.perf_counter() - t0
+        if s is not None:
+            scores[name] = s
+        used[name] = det.params()
+        fitted[name] = det.fitted_values()
+        notes += [f"{name}: {n}" for n in dict.fromkeys(note)]
+        if log:
+            log(f"[{i:2d}/{len(methods)}] {name:<16s} {timings[name]:7.2f}s" + ("  (failed: see notes)" if s is None
+                                                                               else ""))
+    notes += [n for sp in inputs.splits for n in sp.notes]
+    return Result(records, scores, timings, id_accuracy(inputs.test), fpr, list(dict.fromkeys(notes)), used,
+                  [o.name for o in inputs.oods], {"fitted": fitted})
