@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import pickle
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import h5py
 import numpy as np
@@ -28,11 +28,13 @@ from .cli import add_run_options, run_main, stderr_log
 from .data import LIST_FORMATS, DataList
 from .errors import FeatureFileError, ImageError, InputError
 from .features import PARTIAL_SUFFIX, FeatureFile, FeatureWriter, base_attrs, write_fc
+from .fileio import atomic_path, check_writable
 from .runtime import (Dist, Extractor, ImageDataset, checkpoint_attrs, collate, cpus_per_rank, default_workers,
                       load_inputs, resolve_device, threaded_batches)
 
 #: attributes that must agree between a partial file and the run that resumes it
-RESUME_KEYS = ("model", "backend", "checkpoint_sha256", "preprocess", "data_root", "list_file", "dtype", "amp")
+RESUME_KEYS = ("model", "backend", "checkpoint_sha256", "random_init_seed", "preprocess", "data_root", "list_file",
+               "dtype", "amp")
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -206,35 +208,82 @@ def merge_shards(out, shards: List[Path], attrs: dict, extra, overwrite: bool, b
         p.unlink()
 
 
-def build_backbone(args) -> Backbone:
-    return create_backbone(args.backend, args.model, checkpoint=args.checkpoint, resize=args.resize,
-                           mean=args.mean, std=args.std, pretrained=args.pretrained, num_classes=args.num_classes,
-                           class_names=args.class_names, templates=args.templates)
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model makes the rows and how its inputs are prepared: everything a feature file depends on.
+
+    Weights come from ``checkpoint`` (a local file, or an open_clip tag), ``pretrained`` (timm's files on the
+    machine) or, only when asked for with ``random_init``, a random initialisation seeded by ``seed`` (stored in
+    the file, so a resumed file is built by one model).
+
+    >>> ModelSpec("resnet18", random_init=True).weights
+    'random init (seed 0)'
+    """
+
+    model: str
+    backend: str = "timm"
+    checkpoint: Optional[str] = None
+    pretrained: bool = False
+    random_init: bool = False
+    seed: int = 0
+    num_classes: Optional[int] = None
+    class_names: Optional[str] = None
+    templates: Optional[str] = None
+    resize: Optional[int] = None
+    mean: Optional[tuple] = None
+    std: Optional[tuple] = None
+
+    def check(self):
+        """Refuse a run whose weights nobody chose: random weights need ``random_init``."""
+        if not self.model:
+            raise InputError("a model name is required")
+        chosen = bool(self.checkpoint) + bool(self.pretrained) + bool(self.random_init)
+        if chosen == 0:
+            raise InputError(f"{self.model}: neither --checkpoint nor --pretrained was given, so its weights would be "
+                             f"random; pass --random_init to extract with random weights on purpose")
+        if chosen > 1:
+            raise InputError("choose one of --checkpoint, --pretrained and --random_init")
+
+    @property
+    def weights(self) -> str:
+        if self.checkpoint:
+            return "checkpoint"
+        return "pretrained" if self.pretrained else f"random init (seed {self.seed})"
+
+    def build(self) -> Backbone:
+        self.check()
+        if self.random_init:
+            torch.manual_seed(self.seed)
+        return create_backbone(self.backend, self.model, checkpoint=self.checkpoint, resize=self.resize,
+                               mean=self.mean, std=self.std, pretrained=self.pretrained,
+                               num_classes=self.num_classes, class_names=self.class_names, templates=self.templates)
+
+    def attrs(self) -> dict:
+        out = dict(model=self.model, backend=self.backend, weights=self.weights, **checkpoint_attrs(self.checkpoint))
+        if self.random_init:
+            out["random_init_seed"] = self.seed
+        return out
 
 
-def weights_of(args) -> str:
-    return "checkpoint" if args.checkpoint else ("pretrained" if args.pretrained else "random init")
-
-
-def save_fc(args, backbone: Backbone, log):
-    """ViM's ``--fc_save_path``: the head only; a .pkl path gets ViM's pickled [W, b]."""
+def save_head(path, spec: ModelSpec, device="auto", overwrite: bool = False, log=None) -> Path:
+    """ViM's ``--fc_save_path``: the classifier head only, as an fc .h5 file, or ViM's pickled [W, b] for .pkl."""
+    backbone = spec.build()
+    backbone.to(resolve_device(device))
     head = backbone.head()
     if head is None:
-        raise InputError(f"{args.model} has no classifier head (for open_clip, pass --class_names)")
-    path = Path(args.fc_save_path)
+        raise InputError(f"{spec.model} has no classifier head (for open_clip, pass --class_names)")
+    path = Path(path)
     if path.suffix.lower() in (".pkl", ".pickle"):
-        if path.exists() and not args.overwrite:
+        if path.exists() and not overwrite:
             raise FeatureFileError(f"{path}: exists already; pass --overwrite to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(path) + PARTIAL_SUFFIX)
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             pickle.dump([head.weight, head.bias], f)
-        os.replace(tmp, path)
     else:
-        write_fc(path, head.weight, head.bias, head.class_names, overwrite=args.overwrite, model=args.model,
-                 backend=args.backend, weights=weights_of(args), **checkpoint_attrs(args.checkpoint),
+        write_fc(path, head.weight, head.bias, head.class_names, overwrite=overwrite, **spec.attrs(),
                  **{k: v for k, v in head.attrs.items()})
-    log(f"{path}: head {head.weight.shape[0]} classes x {head.weight.shape[1]} features")
+    if log:
+        log(f"{path}: head {head.weight.shape[0]} classes x {head.weight.shape[1]} features")
+    return path
 
 
 def check_head(backbone: Backbone, extractor: Extractor, log):
@@ -253,49 +302,54 @@ def check_head(backbone: Backbone, extractor: Extractor, log):
         log(f"warning: the head W, b reproduces the model's logits only to {err:.3g} (logits up to {scale:.3g})")
 
 
-def run(args, log) -> int:
+def extract_features(data_root, out, spec: ModelSpec, *, img_list=None, list_format: str = "auto",
+                     labels: str = "auto", batch: int = 64, workers: Optional[int] = None, dtype: str = "float32",
+                     skip_bad: bool = False, device="auto", amp: str = "auto", channels_last: bool = True,
+                     resume: bool = False, overwrite: bool = False, progress: bool = True, log=None) -> Optional[dict]:
+    """Extract the features, logits and labels of every image (a list under ``data_root``, or every image in
+    it) into the feature file ``out``; returns a summary (rows, skipped, seconds, ...), None on ranks > 0 of a
+    torchrun job. Under torchrun each rank extracts a shard and rank 0 merges them."""
+    log = log or (lambda msg: None)
     dist = Dist.from_env()
     log = log if dist.rank == 0 else (lambda msg: None)
-    if args.fc_save_path:
-        if dist.rank == 0:
-            backbone = build_backbone(args)
-            backbone.to(resolve_device(args.device, dist))
-            save_fc(args, backbone, log)
-        return 0
-    out = Path(args.out_file)
-    if out.exists() and not args.overwrite:
+    out = Path(out)
+    if batch < 1:
+        raise InputError(f"--batch must be at least 1, got {batch}")
+    spec.check()
+    if out.exists() and not overwrite:
         raise FeatureFileError(f"{out}: exists already; pass --overwrite to replace it")
-    data = load_inputs(args.data_root, args.img_list, args.list_format, args.labels)
-    device = resolve_device(args.device, dist)
+    check_writable(out, "feature file")
+    data = load_inputs(data_root, img_list, list_format, labels)
+    device = resolve_device(device, dist)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    backbone = build_backbone(args)
-    extractor = Extractor(backbone, device, args.amp, args.dtype, args.channels_last)
-    attrs = dict(model=args.model, backend=args.backend, weights=weights_of(args), **checkpoint_attrs(args.checkpoint),
-                 preprocess=backbone.preprocess, feature_source=backbone.feature_source,
-                 data_root=str(args.data_root), list_file=str(args.img_list or ""), list_format=args.list_format,
-                 dtype=args.dtype, amp=extractor.amp)
-    workers = default_workers(dist, device) if args.workers is None else args.workers
-    common = dict(batch=args.batch, workers=workers, threads=cpus_per_rank(dist), skip_bad=args.skip_bad,
-                  progress=not args.quiet and dist.rank == 0, log=log)
+    backbone = spec.build()
+    extractor = Extractor(backbone, device, amp, dtype, channels_last)
+    attrs = dict(**spec.attrs(), preprocess=backbone.preprocess, feature_source=backbone.feature_source,
+                 data_root=str(data_root), list_file=str(img_list or ""), list_format=list_format,
+                 dtype=dtype, amp=extractor.amp)
+    workers = default_workers(dist, device) if workers is None else workers
+    common = dict(batch=batch, workers=workers, threads=cpus_per_rank(dist), skip_bad=skip_bad,
+                  progress=progress and dist.rank == 0, log=log)
     if dist.world == 1:
         check_head(backbone, extractor, log)
-        summary = extract_split(out, data, args.data_root, extractor, attrs, resume=args.resume,
-                                overwrite=args.overwrite, **common)
+        summary = extract_split(out, data, data_root, extractor, attrs, resume=resume, overwrite=overwrite,
+                                **common)
     else:
-        summary = run_sharded(out, data, args, extractor, attrs, dist, common, log)
+        summary = run_sharded(out, data, data_root, extractor, attrs, dist, common, log, resume, overwrite)
         if summary is None:
-            return 0
+            return None
     rate = summary["images"] / max(summary["seconds"], 1e-9)
     skipped = summary["skipped"]
     log(f"{out}: {summary['rows']} rows x {summary['dim']} features"
         + (f", {summary['num_classes']} logits" if summary["num_classes"] else "")
         + f"; {rate:.1f} images/s"
         + (f"; {skipped} unreadable images skipped (listed in 'skipped_paths')" if skipped else ""))
-    return 0
+    return summary
 
 
-def run_sharded(out, data: DataList, args, extractor: Extractor, attrs: dict, dist: Dist, common: dict, log):
+def run_sharded(out, data: DataList, data_root, extractor: Extractor, attrs: dict, dist: Dist, common: dict, log,
+                resume: bool, overwrite: bool):
     """torchrun: rank r extracts rows [r N / W, (r+1) N / W) into its shard; rank 0 merges. Needs a shared disk."""
     import torch.distributed as tdist
 
@@ -306,12 +360,12 @@ def run_sharded(out, data: DataList, args, extractor: Extractor, attrs: dict, di
         status = None
         summary = None
         try:
-            if args.resume and mine.exists():
+            if resume and mine.exists():
                 log(f"{mine}: complete already")
                 summary = {"rows": 0, "skipped": 0, "seconds": 0.0, "images": 0}
             else:
-                summary = extract_split(mine, data.subset(np.asarray(dist.shard(len(data)))), args.data_root,
-                                        extractor, attrs, resume=args.resume, overwrite=True, **common)
+                summary = extract_split(mine, data.subset(np.asarray(dist.shard(len(data)))), data_root,
+                                        extractor, attrs, resume=resume, overwrite=True, **common)
         except (InputError, OSError) as e:
             status = f"rank {dist.rank}: {e}"
         statuses = [None] * dist.world
@@ -324,7 +378,7 @@ def run_sharded(out, data: DataList, args, extractor: Extractor, attrs: dict, di
         if dist.rank != 0:
             return None
         tic = time.perf_counter()
-        merge_shards(out, shards, attrs, data.extra, args.overwrite)
+        merge_shards(out, shards, attrs, data.extra, overwrite)
         seconds = max(s["seconds"] for s in summaries) + time.perf_counter() - tic
         with FeatureFile(out) as f:
             return {"rows": f.n, "dim": f.dim, "num_classes": f.num_classes, "seconds": seconds,
@@ -348,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="timm")
     p.add_argument("--checkpoint", help="local weights (.pth, .safetensors, .npz; for open_clip also a tag)")
     p.add_argument("--pretrained", action="store_true", help="timm: load timm's own pretrained weights")
+    p.add_argument("--random_init", action="store_true",
+                   help="random weights on purpose (tests, smoke runs); without it, --checkpoint or --pretrained "
+                        "is required")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random_init (stored in the file)")
     p.add_argument("--num_classes", type=int, help="timm: classes of the checkpoint's head (0 = no head)")
     p.add_argument("--class_names", help="open_clip: file with one class name a line (the zero-shot head)")
     p.add_argument("--templates", help="open_clip: file with one prompt template a line, '{}' = class name "
@@ -373,11 +431,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     log = stderr_log(args.quiet)
+    spec = ModelSpec(args.model, args.backend, args.checkpoint, args.pretrained, args.random_init, args.seed,
+                     args.num_classes, args.class_names, args.templates, args.resize,
+                     None if args.mean is None else tuple(args.mean), None if args.std is None else tuple(args.std))
 
     def go():
-        if not args.model:
-            raise InputError("a model name is required")
-        if args.batch < 1:
-            raise InputError(f"--batch must be at least 1, got {args.batch}")
-        return run(args, log)
+        if args.fc_save_path:
+            if Dist.from_env().rank == 0:
+                spec.check()
+                check_writable(args.fc_save_path, "fc head file")
+                save_head(args.fc_save_path, spec, args.device, args.overwrite, log)
+            return 0
+        extract_features(args.data_root, args.out_file, spec, img_list=args.img_list, list_format=args.list_format,
+                         labels=args.labels, batch=args.batch, workers=args.workers, dtype=args.dtype,
+                         skip_bad=args.skip_bad, device=args.device, amp=args.amp,
+                         channels_last=args.channels_last, resume=args.resume, overwrite=args.overwrite,
+                         progress=not args.quiet, log=log)
+        return 0
     return run_main(go, interrupted=f"rerun with --resume to continue {args.out_file}")

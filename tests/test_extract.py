@@ -58,7 +58,32 @@ def read_all(path):
 
 
 def run_cli(*args):
-    return main([str(a) for a in args] + ["--device", "cpu", "--quiet"])
+    """extract_features.py on the CPU; random weights on purpose unless a checkpoint (or --pretrained) is given."""
+    argv = [str(a) for a in args]
+    chosen = {"--checkpoint", "--pretrained", "--random_init"} & set(argv)
+    return main(argv + ["--device", "cpu", "--quiet"] + ([] if chosen else ["--random_init"]))
+
+
+def test_random_weights_need_random_init(folder, tmp_path, capsys):
+    root, _ = folder
+    assert main([str(root), str(tmp_path / "x.h5"), "resnet18", "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "neither --checkpoint nor --pretrained" in err and "--random_init" in err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_random_init_seed_is_stored_and_resume_checks_it(folder, tmp_path):
+    import h5py
+    root, _ = folder
+    out = tmp_path / "r.h5"
+    assert run_cli(root, out, "resnet18", "--num_classes", "3", "--random_init", "--seed", "4", "--resize", "32") == 0
+    with h5py.File(out) as f:
+        assert int(f.attrs["random_init_seed"]) == 4 and "seed 4" in f.attrs["weights"]
+        first = f["features"][:]
+    assert run_cli(root, out, "resnet18", "--num_classes", "3", "--random_init", "--seed", "4", "--resize", "32",
+                   "--overwrite") == 0
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["features"][:], first)  # one seed, one model
 
 
 @pytest.fixture(scope="module")
