@@ -172,12 +172,23 @@ def test_exact_quantile_matches_numpy_on_large_arrays():
     assert stats.quantile(y, 0.99) == float(np.quantile(y, 0.99))
 
 
-def test_shared_statistics_are_computed_once(problem):
+def test_shared_statistics_are_computed_once(problem, monkeypatch):
+    """ViM and Residual on one train split: one eigendecomposition, one pass over the train features."""
+    calls = {"eigh": 0}
+    eigh = stats.eigh_desc
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapped
+    monkeypatch.setattr(stats, "eigh_desc", counting("eigh", eigh))
     train = problem["train"]
     create("vim").fit(train)
-    eig = train.memo("vim_eig", lambda: None)
     create("residual").fit(train)
-    assert train.memo("vim_eig", lambda: None) is eig
+    create("vim", dim=3).fit(train)
+    assert calls["eigh"] == 1
+    assert train.memo("moments", lambda: None) is not None
 
 
 def test_params_parse_from_command_line_strings():

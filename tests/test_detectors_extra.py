@@ -298,6 +298,7 @@ def test_train_statistics_are_shared_through_the_memo(problem):
     train = problem["train"]
     create("dice").fit(train)
     mean = train.memo("feature_mean", lambda: None)
+    assert mean is not None and mean.shape == (train.dim,)
     create("nci").fit(train)
     create("fdbd").fit(train)
     assert train.memo("feature_mean", lambda: None) is mean
