@@ -14,7 +14,6 @@ thread count give a byte-identical checkpoint on every run on the same machine.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from contextlib import contextmanager
@@ -23,8 +22,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .data import ListFormatError, read_list
-from .errors import InputError
+from .data import read_list
+from .errors import InputError, ListFormatError
+from .fileio import atomic_path, write_text
 
 ID_CLASSES = (0, 1, 2, 3, 4)
 SIZE = 32
@@ -71,9 +71,7 @@ def _write_split(root: Path, split: str, grids, folders, labels, list_path: Path
         render(grid, size).save(root / rel)
         lines.append(rel if label is None else f"{rel} {label}")
     list_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = list_path.with_name(list_path.name + ".partial")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, list_path)
+    write_text(list_path, "\n".join(lines) + "\n")
 
 
 def prepare(data_root, lists_dir, seed: int = 0, test_fraction: float = 1 / 3, far_count: int = 600,
@@ -201,9 +199,8 @@ def train(data_root, train_list, test_list, out, model_name: str = "resnet18", e
         accuracy = float((pred == y_test).float().mean())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     log(f"ID test accuracy: {accuracy:.4f} ({len(y_test)} images); checkpoint {out} (sha256 {file_sha256(out)[:12]})")
     return accuracy
 
