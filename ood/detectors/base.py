@@ -68,6 +68,7 @@ PARAM_RANGES = {
     "percentile": Range(float, 0, 100, hi_open=True), "percentile_low": Range(float, 0, 100),
     "percentile_high": Range(float, 0, 100), "sparsity": Range(float, 0, 1, hi_open=True),
     "variance": Range(float, 0, 1, lo_open=True),
+    "nlist": Range(int, 0), "nprobe": Range(int, 0), "hnsw_m": Range(int, 2), "ef_search": Range(int, 0),
 }
 
 

@@ -4,7 +4,13 @@ Both need, for every query, the k largest of ``q_hat . bank_row * scale_row`` ov
 exactly by blocked matrix products: a block of queries times a block of the bank, ``torch.topk`` of the block,
 merged with the running top k, so memory stays a block in size and the cost is the matrix product itself.
 faiss (``IndexFlatIP``) is used instead when it is importable and the device is the CPU. The sorted top-k
-similarities are memoised per (query split, bank), so a sweep over k costs one search at the largest k.
+similarities are memoised per (query split, bank, search), so a sweep over k costs one search at the largest k.
+
+``search="ivf"`` or ``"hnsw"`` asks for an approximate faiss index (IVF-Flat or HNSW, inner product; on a
+GPU when faiss has one and the split lives there); IVF with ``nprobe = nlist`` is exact. Query rows for which
+the index returns fewer than k neighbours are searched exactly. Without faiss the exact search runs and a note
+says how long it is expected to take. ``benchmarks/bench_knn.py`` measures recall@k against exact search and
+the AUROC difference it causes.
 """
 from __future__ import annotations
 
@@ -17,11 +23,12 @@ import torch
 from ..split import Split, fit_key
 from .base import Detector, register
 from .shared import energies
-from ..errors import InputError
+from ..errors import InputError, ParameterError
 
 _EPS = 1e-12
 QUERY_ROWS = 1024
 BANK_ROWS = 8192
+SEARCHES = ("exact", "ivf", "hnsw")
 
 try:
     import faiss
@@ -46,11 +53,54 @@ def top_similarities(queries: torch.Tensor, bank: torch.Tensor, scale: torch.Ten
     return best
 
 
+def default_nlist(n: int) -> int:
+    """IVF lists: about 4 sqrt(n), and at least 39 bank rows per list to train the quantiser on."""
+    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+
+
+def build_index(vectors: np.ndarray, search: str, nlist: int = 0, nprobe: int = 0, hnsw_m: int = 32,
+                ef_search: int = 0, k: int = 1, seed: int = 0):
+    """A faiss inner-product index over ``vectors`` [n, D] float32: flat (exact), IVF-Flat or HNSW.
+
+    ``nlist`` 0 = :func:`default_nlist`; ``nprobe`` 0 = nlist / 8; ``ef_search`` 0 = max(64, 2 k)."""
+    n, d = vectors.shape
+    if search == "exact":
+        index = faiss.IndexFlatIP(d)
+    elif search == "ivf":
+        nlist = min(nlist or default_nlist(n), n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = vectors
+        if n > 256 * nlist:
+            sample = vectors[np.sort(np.random.default_rng(seed).choice(n, 256 * nlist, replace=False))]
+        index.cp.seed = seed
+        index.train(np.ascontiguousarray(sample))
+        index.nprobe = min(nlist, nprobe or max(1, nlist // 8))
+    else:
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(ef_search or max(64, 2 * k), k)
+    index.add(np.ascontiguousarray(vectors))
+    return index
+
+
+def matmul_rate(d: int, device: torch.device) -> float:
+    """Measured multiply-adds per second of a block product of width ``d`` on ``device`` (for estimates)."""
+    import time
+
+    a, b = torch.randn(512, d, device=device), torch.randn(d, 2048, device=device)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a @ b
+    return 3 * 512 * 2048 * d / max(time.perf_counter() - t0, 1e-9)
+
+
 class Bank:
     """Rows of the train features with a per-row scale: similarity(q, i) = q_hat . x_i * scale_i."""
 
-    def __init__(self, key, train: Split, rows: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None):
-        self.key = fit_key(key, train)
+    def __init__(self, key, train: Split, rows: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None,
+                 search: tuple = ("exact",)):
+        self.search = search if faiss is not None else ("exact",)
+        self.key = fit_key(key, train, *self.search)
         self.train = train
         x = train.features if rows is None else train.features[rows]
         self.x = train.memo("features_tensor", lambda: train.tensor(x)) if rows is None else train.tensor(x)
@@ -59,12 +109,24 @@ class Bank:
         self.scale = w / norms
         self.n = self.x.shape[0]
 
-    def faiss_index(self):
+    def faiss_index(self, k: int, device: torch.device):
         def build():
-            index = faiss.IndexFlatIP(self.x.shape[1])
-            index.add(np.ascontiguousarray((self.x * self.scale[:, None]).cpu().numpy(), dtype=np.float32))
+            vectors = np.ascontiguousarray((self.x * self.scale[:, None]).cpu().numpy(), dtype=np.float32)
+            kind, *options = self.search
+            index = build_index(vectors, kind, *options, k=k)
+            if device.type == "cuda" and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+                index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, index)
             return index
-        return self.train.memo(("faiss_index", self.key), build)
+        return self.train.memo(("faiss_index", self.key, device.type), build)
+
+    def _faiss_top(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        q = normalize(h)
+        sims, ids = self.faiss_index(k, h.device).search(np.ascontiguousarray(q.cpu().numpy()), k)
+        top = torch.from_numpy(sims).to(h.device)
+        short = torch.from_numpy((ids < 0).any(axis=1)).to(h.device)
+        if short.any():  # an approximate index found fewer than k neighbours for these rows: search them exactly
+            top[short] = top_similarities(q[short], self.x, self.scale, k)
+        return top
 
     def top(self, split: Split, k: int) -> np.ndarray:
         """[N, k] sorted top-k similarities of every row of ``split``, memoised (a larger k serves a smaller)."""
@@ -73,10 +135,9 @@ class Bank:
         cache = split.memo(("top_similarities", self.key), dict)
         if cache.get("top") is not None and cache["top"].shape[1] >= k:
             return cache["top"][:, :k]
-        if faiss is not None and split.device.type == "cpu":
-            index = self.faiss_index()
-            top = split.map_blocks(lambda lo, hi, h: torch.from_numpy(index.search(
-                np.ascontiguousarray(normalize(h).numpy()), k)[0]), rows=QUERY_ROWS)
+        approximate = self.search[0] != "exact"
+        if faiss is not None and (split.device.type == "cpu" or approximate):
+            top = split.map_blocks(lambda lo, hi, h: self._faiss_top(h, k), rows=QUERY_ROWS)
         else:
             top = split.map_blocks(lambda lo, hi, h: top_similarities(normalize(h), self.x, self.scale, k),
                                    rows=QUERY_ROWS)
@@ -96,11 +157,22 @@ class KNN(Detector):
     grid = {"k": [1000, 500, 200, 100, 50]}  # largest first: one search serves every smaller k
     default = False  # 200,000 x 90,000 x 2048 at ImageNet scale: minutes, not seconds, on a CPU
 
-    def __init__(self, k: int = 50):
-        self.k = k
+    def __init__(self, k: int = 50, search: str = "exact", nlist: int = 0, nprobe: int = 0, hnsw_m: int = 32,
+                 ef_search: int = 0):
+        if search not in SEARCHES:
+            raise ParameterError(f"knn.search must be one of {', '.join(SEARCHES)}; got {search!r}")
+        self.k, self.search = k, search
+        self.nlist, self.nprobe, self.hnsw_m, self.ef_search = nlist, nprobe, hnsw_m, ef_search
 
     def fit(self, train):
-        self.bank_ = train.memo("knn_bank", lambda: Bank("knn", train))
+        spec = (self.search,) if self.search == "exact" else (
+            (self.search, self.nlist, self.nprobe) if self.search == "ivf" else (self.search, 0, 0, self.hnsw_m,
+                                                                                 self.ef_search))
+        if self.search != "exact" and faiss is None:
+            rate = matmul_rate(train.dim, train.device)
+            self.note(f"faiss is not installed (pip install faiss-cpu): exact search instead, about "
+                      f"{train.n * 10_000 * train.dim / rate:.1f} s per 10,000 queries against {train.n} rows")
+        self.bank_ = train.memo(("knn_bank", spec), lambda: Bank("knn", train, search=spec))
         return self
 
     def score(self, split):
