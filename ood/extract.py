@@ -16,32 +16,34 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import h5py
 import numpy as np
-import torch
-from PIL import Image
 
-from .backbones import BACKENDS, Backbone, create_backbone
 from .cli import add_run_options, run_main, stderr_log
-from .data import LIST_FORMATS, DataList
+from .data import LIST_FORMATS
 from .errors import FeatureFileError, ImageError, InputError
-from .features import PARTIAL_SUFFIX, FeatureFile, FeatureWriter, base_attrs, write_fc
-from .fileio import atomic_path, check_writable
-from .runtime import (Dist, Extractor, ImageDataset, checkpoint_attrs, collate, cpus_per_rank, default_workers,
-                      load_inputs, resolve_device, threaded_batches)
+from .fileio import PARTIAL_SUFFIX, atomic_path, check_writable
+
+if TYPE_CHECKING:  # torch, h5py and the backbones load on first use, so --help answers at once
+    import h5py
+
+    from .backbones import Backbone
+    from .data import DataList
+    from .features import FeatureWriter
+    from .runtime import Dist, Extractor
 
 #: attributes that must agree between a partial file and the run that resumes it
 RESUME_KEYS = ("model", "backend", "checkpoint_sha256", "random_init_seed", "preprocess", "data_root", "list_file",
                "dtype", "amp")
-_STR = h5py.string_dtype("utf-8")
 
 
 def _to_host(tensors):
     """Start copying a batch's outputs to the host; returns the tensors and an event to wait on."""
     if tensors[0].device.type != "cuda":
         return tensors, None
+    import torch
+
     out = tuple(None if t is None else t.to("cpu", non_blocking=True) for t in tensors)
     event = torch.cuda.Event()
     event.record()
@@ -49,8 +51,10 @@ def _to_host(tensors):
 
 
 def _append_skipped(h5: h5py.File, paths: List[str]):
+    import h5py
+    
     if "skipped_paths" not in h5:
-        h5.create_dataset("skipped_paths", (0,), dtype=_STR, maxshape=(None,), chunks=(256,))
+        h5.create_dataset("skipped_paths", (0,), dtype=h5py.string_dtype("utf-8"), maxshape=(None,), chunks=(256,))
     ds = h5["skipped_paths"]
     n = ds.shape[0]
     ds.resize(n + len(paths), axis=0)
@@ -64,6 +68,8 @@ def _check_resume(writer: FeatureWriter, attrs: dict, data: DataList) -> int:
     committed by ``inputs_done``, written after its rows and skipped paths, so rows or skipped paths of a batch
     that was interrupted half-way are dropped here and written again.
     """
+    from .features import base_attrs
+
     stored = writer.h5.attrs
     for key, value in base_attrs(**attrs).items():
         if key in RESUME_KEYS and key in stored and str(stored[key]) != str(value):
@@ -97,6 +103,12 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
 
     ``workers`` > 0: a DataLoader with that many processes; 0: decoding on ``threads`` threads in this process.
     """
+    import h5py
+    import torch
+    
+    from .features import FeatureWriter
+    from .runtime import ImageDataset, collate, threaded_batches
+    
     backbone = extractor.backbone
     dim, num_classes = extractor.dims(backbone.transform)
     partial = Path(str(out) + PARTIAL_SUFFIX)
@@ -109,7 +121,7 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
     try:
         start = _check_resume(writer, attrs, data) if resuming else 0
         if data.classes and "classes" not in writer.h5:
-            writer.h5.create_dataset("classes", data=list(data.classes), dtype=_STR)
+            writer.h5.create_dataset("classes", data=list(data.classes), dtype=h5py.string_dtype("utf-8"))
         if resuming:
             log(f"{partial}: resuming after {start} of {len(data)} images")
         dataset = ImageDataset(data_root, data.paths, backbone.transform, start)
@@ -177,6 +189,10 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
 
 def merge_shards(out, shards: List[Path], attrs: dict, extra, overwrite: bool, block: int = 8192):
     """Concatenate the ranks' shard files, in rank order, into ``out``; the shards are removed afterwards."""
+    import h5py
+    
+    from .features import FeatureFile, FeatureWriter
+    
     files = [FeatureFile(p) for p in shards]
     try:
         total = sum(f.n for f in files)
@@ -195,7 +211,8 @@ def merge_shards(out, shards: List[Path], attrs: dict, extra, overwrite: bool, b
             if skipped:
                 _append_skipped(writer.h5, skipped)
             if first.has("classes"):
-                writer.h5.create_dataset("classes", data=list(first.read("classes")), dtype=_STR)
+                writer.h5.create_dataset("classes", data=list(first.read("classes")),
+                                         dtype=h5py.string_dtype("utf-8"))
             writer.set_attrs(num_skipped=len(skipped), inputs_done=total + len(skipped))
             writer.close()
         except BaseException:
@@ -251,6 +268,10 @@ class ModelSpec:
         return "pretrained" if self.pretrained else f"random init (seed {self.seed})"
 
     def build(self) -> Backbone:
+        import torch
+        
+        from .backbones import create_backbone
+        
         self.check()
         if self.random_init:
             torch.manual_seed(self.seed)
@@ -259,6 +280,8 @@ class ModelSpec:
                                num_classes=self.num_classes, class_names=self.class_names, templates=self.templates)
 
     def attrs(self) -> dict:
+        from .runtime import checkpoint_attrs
+        
         out = dict(model=self.model, backend=self.backend, weights=self.weights, **checkpoint_attrs(self.checkpoint))
         if self.random_init:
             out["random_init_seed"] = self.seed
@@ -267,6 +290,9 @@ class ModelSpec:
 
 def save_head(path, spec: ModelSpec, device="auto", overwrite: bool = False, log=None) -> Path:
     """ViM's ``--fc_save_path``: the classifier head only, as an fc .h5 file, or ViM's pickled [W, b] for .pkl."""
+    from .features import write_fc
+    from .runtime import resolve_device
+    
     backbone = spec.build()
     backbone.to(resolve_device(device))
     head = backbone.head()
@@ -288,6 +314,8 @@ def save_head(path, spec: ModelSpec, device="auto", overwrite: bool = False, log
 
 def check_head(backbone: Backbone, extractor: Extractor, log):
     """Warn when the stored head does not reproduce the model's logits (a non-linear or unusual head)."""
+    from PIL import Image
+    
     if backbone.head() is None:
         return
     head = backbone.head()
@@ -309,6 +337,10 @@ def extract_features(data_root, out, spec: ModelSpec, *, img_list=None, list_for
     """Extract the features, logits and labels of every image (a list under ``data_root``, or every image in
     it) into the feature file ``out``; returns a summary (rows, skipped, seconds, ...), None on ranks > 0 of a
     torchrun job. Under torchrun each rank extracts a shard and rank 0 merges them."""
+    import torch
+    
+    from .runtime import Dist, Extractor, cpus_per_rank, default_workers, load_inputs, resolve_device
+    
     log = log or (lambda msg: None)
     dist = Dist.from_env()
     log = log if dist.rank == 0 else (lambda msg: None)
@@ -351,6 +383,8 @@ def extract_features(data_root, out, spec: ModelSpec, *, img_list=None, list_for
 def run_sharded(out, data: DataList, data_root, extractor: Extractor, attrs: dict, dist: Dist, common: dict, log,
                 resume: bool, overwrite: bool):
     """torchrun: rank r extracts rows [r N / W, (r+1) N / W) into its shard; rank 0 merges. Needs a shared disk."""
+    from .features import FeatureFile
+    
     import torch.distributed as tdist
 
     tdist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))  # small messages only: no GPU needed
@@ -399,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_file", help="output .h5 feature file")
     p.add_argument("model", nargs="?", help="model name (timm, open_clip, mmpretrain), or a config file "
                                             "(mmpretrain .py, open_clip .json)")
-    p.add_argument("--backend", choices=BACKENDS, default="timm")
+    p.add_argument("--backend", default="timm", help="timm (default), mmpretrain or open_clip")
     p.add_argument("--checkpoint", help="local weights (.pth, .safetensors, .npz; for open_clip also a tag)")
     p.add_argument("--pretrained", action="store_true", help="timm: load timm's own pretrained weights")
     p.add_argument("--random_init", action="store_true",
@@ -436,6 +470,8 @@ def main(argv=None) -> int:
                      None if args.mean is None else tuple(args.mean), None if args.std is None else tuple(args.std))
 
     def go():
+        from .runtime import Dist
+
         if args.fc_save_path:
             if Dist.from_env().rank == 0:
                 spec.check()
