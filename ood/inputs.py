@@ -53,12 +53,15 @@ class Inputs:
         return [self.train, self.test, *self.oods]
 
 
-def load_split(name: str, path, head: Head, device) -> Split:
-    """A split of a feature file, its features read and checked for NaN / Inf now, not halfway through."""
+def load_split(name: str, path, head: Head, device, stream: bool = False) -> Split:
+    """A split of a feature file, its features read and checked for NaN / Inf now, not halfway through;
+    ``stream``: read block by block whenever needed and never held (the train split)."""
     split = Split(name, FeatureFile(path), head, device)
     if split.n == 0:
         raise InputError(f"{path}: has no rows (empty data set)")
-    split.features
+    split.keep_features = not stream
+    split.keep_logits = not stream
+    split.check_features()
     return split
 
 
@@ -102,8 +105,7 @@ def load_inputs(fc, train, test, oods: Sequence, device="cpu", train_label=None,
     """Read the head and every split; check widths, labels, distinct OOD names and the group head."""
     device = resolve_device(device)
     head = read_head(fc)
-    tr = load_split("train", train, head, device)
-    tr.keep_logits = False  # N x C train logits are streamed where needed, never kept
+    tr = load_split("train", train, head, device, stream=True)  # N x D features, N x C logits: never held
     inputs = Inputs(head, tr, load_split("id", test, head, device),
                     [load_split(Path(p).stem, p, head, device) for p in oods])
     if train_label is not None:

@@ -70,6 +70,8 @@ class Split:
         self._labels = labels
         self._memo: dict = {}
         self.keep_logits = True
+        #: False: features are read from the file a block at a time and never held (the benchmark's train split)
+        self.keep_features = True
         self.notes: list = []
         self.extras: dict = {}
 
@@ -121,11 +123,45 @@ class Split:
 
     @property
     def features(self) -> np.ndarray:
+        """All features [N, D] float32, read and checked once and kept (a streamed split reads them only for a
+        detector that needs every row at once, e.g. the kNN bank)."""
         def load():
             x = np.ascontiguousarray(self.source.read("features"), dtype=np.float32)
             check_finite_rows(x, self.path)
             return x
         return self.memo("features", load)
+
+    def feature_rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of the features: from memory when held, else read from the file and checked."""
+        if self.keep_features or "features" in self._memo:
+            return self.features[lo:hi]
+        x = np.ascontiguousarray(self.source.read("features", lo, hi), dtype=np.float32)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            check_finite_rows(x, f"{self.path} (rows from {lo})")
+        return x
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The features of the given sorted row indices, without reading the others into memory."""
+        rows = np.asarray(rows)
+        if self.keep_features or "features" in self._memo:
+            return self.features[rows]
+        out = np.empty((rows.size, self.dim), np.float32)
+        step = self.block_rows()
+        for lo in range(0, self.n, step):
+            sel = (rows >= lo) & (rows < lo + step)
+            if sel.any():
+                out[sel] = self.feature_rows(lo, min(self.n, lo + step))[rows[sel] - lo]
+        return out
+
+    def check_features(self):
+        """Read every feature row once now (kept, or streamed and dropped) so NaN / Inf rows are reported before
+        any detector runs."""
+        if self.keep_features:
+            self.features
+            return
+        for _ in self.blocks():
+            pass
 
     @property
     def labels(self) -> np.ndarray:
@@ -210,13 +246,13 @@ class Split:
         for lo in range(0, self.n, rows):
             hi = min(self.n, lo + rows)
             if source == "features":
-                yield lo, hi, self.tensor(self.features[lo:hi])
+                yield lo, hi, self.tensor(self.feature_rows(lo, hi))
             elif self.keep_logits or "logits" in self._memo:
                 yield lo, hi, self.tensor(self.logits[lo:hi])
             elif self.stored_logits_match_head():
                 yield lo, hi, self.tensor(self._checked_logits(self.source.read("logits", lo, hi)))
             else:
-                yield lo, hi, self.apply_head(self.tensor(self.features[lo:hi]))
+                yield lo, hi, self.apply_head(self.tensor(self.feature_rows(lo, hi)))
 
     def map_blocks(self, fn: Callable[[int, int, torch.Tensor], torch.Tensor], source: str = "features",
                    dtype=np.float32, rows: Optional[int] = None) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Statistics of the train split that several detectors share, computed once per run (memoised on the split).
 
 - ``quantile``: numpy's linear-interpolation quantile over all elements, found exactly by bracketing from a
-  sample and selecting inside the bracket, so no full sorted copy of the train features is ever made.
-- ``moments``: mean and the Gram of the mean-centred features (one blocked pass, float32 products summed in
+  sample and selecting inside the bracket, so no full sorted copy of the train features is ever made (and a
+  streamed split is read block by block).
+- ``mean`` and ``moments``: mean and the Gram of the mean-centred features (one blocked pass, float32 products summed in
   float64); any other centring (ViM's u, class means) follows from it algebraically.
 - ``class_stats``: per-class counts and means; ``within_class_scatter`` for Mahalanobis.
 - ``logit_stats``: what the detectors need of the train logits, from one streamed pass (the N x C train logits
@@ -19,47 +20,76 @@ from .errors import InputError
 _CHUNK = 1 << 24
 
 
-def quantile(x: np.ndarray, q: float) -> float:
-    """Exactly ``np.quantile(x, q)`` (linear interpolation, in x's dtype) without sorting all of x."""
-    flat = x.reshape(-1)
-    n = flat.size
-    if n == 0:
-        raise InputError("quantile of an empty array")
+def quantile(x, q: float) -> float:
+    """Exactly ``np.quantile(x, q)`` (linear interpolation, in x's dtype) without sorting all of x.
+
+    ``x`` is an array, or a :class:`Split` whose features are walked block by block (a streamed train split
+    is never held): a sample brackets the quantile, one pass counts the values below the bracket and keeps those
+    inside, and the two order statistics are selected from those.
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(300, 7)).astype(np.float32)
+    >>> quantile(x, 0.99) == float(np.quantile(x, 0.99))
+    True
+    """
     if not 0.0 <= q <= 1.0:
         raise InputError(f"quantile must be in [0, 1], got {q}")
+    if isinstance(x, Split):
+        n = x.n * x.dim
+        dtype = np.dtype(np.float32)
+
+        def chunks():
+            step = max(1, _CHUNK // max(1, x.dim))
+            for lo in range(0, x.n, step):
+                yield x.feature_rows(lo, min(x.n, lo + step)).reshape(-1)
+    else:
+        flat = np.asarray(x).reshape(-1)
+        n, dtype = flat.size, flat.dtype
+
+        def chunks():
+            for s in range(0, n, _CHUNK):
+                yield flat[s:s + _CHUNK]
+    if n == 0:
+        raise InputError("quantile of an empty array")
     if n <= _CHUNK:
-        return float(np.quantile(flat, q))
+        return float(np.quantile(np.concatenate(list(chunks())), q))
     pos = q * (n - 1)
     k = int(np.floor(pos))
     k2 = min(k + 1, n - 1)
-    sample = np.sort(flat[np.random.default_rng(0).integers(0, n, 1 << 20)])
-    for margin in (8.0, 64.0, 512.0):
+    rng = np.random.default_rng(0)
+    per_chunk = [c[rng.integers(0, c.size, max(1, (c.size * (1 << 20)) // n))] for c in chunks()]
+    sample = np.sort(np.concatenate(per_chunk))
+    for margin in (8.0, 64.0, 512.0, np.inf):
         delta = margin / np.sqrt(sample.size)
-        lo = sample[max(0, int((q - delta) * (sample.size - 1)))]
-        hi = sample[min(sample.size - 1, int(np.ceil((q + delta) * (sample.size - 1))))]
-        if q - delta <= 0:
-            lo = -np.inf
-        if q + delta >= 1:
-            hi = np.inf
+        lo = sample[max(0, int((q - delta) * (sample.size - 1)))] if q - delta > 0 else -np.inf
+        hi = sample[min(sample.size - 1, int(np.ceil((q + delta) * (sample.size - 1))))] if q + delta < 1 else np.inf
         below, inside = 0, []
-        for s in range(0, n, _CHUNK):
-            c = flat[s:s + _CHUNK]
+        for c in chunks():
             below += int(np.count_nonzero(c < lo))
             inside.append(c[(c >= lo) & (c <= hi)])
         inside = np.concatenate(inside)
         if below <= k and k2 < below + inside.size:
             kth = np.partition(inside, [k - below, k2 - below])
             a, b = kth[k - below], kth[k2 - below]
-            return float(np.quantile(np.array([a, b], dtype=flat.dtype), pos - k))
-    return float(np.quantile(flat, q))
+            return float(np.quantile(np.array([a, b], dtype=dtype), pos - k))
+    raise AssertionError("the unbounded bracket holds every value")
+
+
+def mean(split: Split) -> np.ndarray:
+    """Mean feature [D], float64, in one blocked pass (memoised)."""
+    def compute():
+        total = torch.zeros(split.dim, dtype=torch.float64, device=split.device)
+        for _, _, h in split.blocks(rows=4096):
+            total += h.sum(0, dtype=torch.float64)
+        return (total / split.n).cpu().numpy()
+    return split.memo("feature_mean", compute)
 
 
 def moments(train: Split) -> dict:
     """``n``, ``mean`` [D] (float64), ``sum_c`` = sum of (x - mean) [D] and ``gram`` = (X-mean)^T (X-mean)."""
     def compute():
-        x = train.features
-        mean = x.mean(axis=0, dtype=np.float64)
-        m32 = train.tensor(mean)
+        m = mean(train)
+        m32 = train.tensor(m)
         gram = torch.zeros(train.dim, train.dim, dtype=torch.float64, device=train.device)
         sum_c = torch.zeros(train.dim, dtype=torch.float64, device=train.device)
         k = train.dim // 2  # the Gram is symmetric: three of its four quarters are computed
@@ -71,7 +101,7 @@ def moments(train: Split) -> dict:
             gram[k:, k:] += (c.T @ c).double()
             sum_c += h.sum(0, dtype=torch.float64)
         gram[k:, :k] = gram[:k, k:].T
-        return {"n": train.n, "mean": mean, "sum_c": sum_c.cpu().numpy(), "gram": gram.cpu().numpy()}
+        return {"n": train.n, "mean": m, "sum_c": sum_c.cpu().numpy(), "gram": gram.cpu().numpy()}
     return train.memo("moments", compute)
 
 

@@ -149,7 +149,8 @@ def test_json_names_every_hyperparameter_and_the_provenance(tmp_path):
     res = json.loads(out.read_text())
     prov = res["provenance"]
     assert prov["params"]["vim"] == {"dim": 4}
-    assert prov["params"]["gen"] == {"gamma": 0.1, "M": 100} and prov["params"]["knn"] == {"k": 50}
+    assert prov["params"]["gen"] == {"gamma": 0.1, "M": 100}
+    assert prov["params"]["knn"] == {"k": 50, "search": "exact", "nlist": 0, "nprobe": 0, "hnsw_m": 32, "ef_search": 0}
     assert prov["fitted"]["vim"]["dim_"] == 4
     assert prov["fpr_convention"] == "vim" and "id_accuracy" in prov
     roles = {f["role"]: f for f in prov["inputs"]}

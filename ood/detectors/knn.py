@@ -62,7 +62,7 @@ def build_index(vectors: np.ndarray, search: str, nlist: int = 0, nprobe: int = 
                 ef_search: int = 0, k: int = 1, seed: int = 0):
     """A faiss inner-product index over ``vectors`` [n, D] float32: flat (exact), IVF-Flat or HNSW.
 
-    ``nlist`` 0 = :func:`default_nlist`; ``nprobe`` 0 = nlist / 8; ``ef_search`` 0 = max(64, 2 k)."""
+    ``nlist`` 0 = :func:`default_nlist`; ``nprobe`` 0 = nlist / 8; ``ef_search`` 0 = max(128, 4 k)."""
     n, d = vectors.shape
     if search == "exact":
         index = faiss.IndexFlatIP(d)
@@ -77,7 +77,8 @@ def build_index(vectors: np.ndarray, search: str, nlist: int = 0, nprobe: int = 
         index.nprobe = min(nlist, nprobe or max(1, nlist // 8))
     else:
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(ef_search or max(64, 2 * k), k)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = max(ef_search or max(128, 4 * k), k)
     index.add(np.ascontiguousarray(vectors))
     return index
 
@@ -102,7 +103,7 @@ class Bank:
         self.search = search if faiss is not None else ("exact",)
         self.key = fit_key(key, train, *self.search)
         self.train = train
-        x = train.features if rows is None else train.features[rows]
+        x = train.features if rows is None else train.take(rows)
         self.x = train.memo("features_tensor", lambda: train.tensor(x)) if rows is None else train.tensor(x)
         norms = torch.linalg.vector_norm(self.x, dim=1).clamp_min(_EPS)
         w = torch.ones_like(norms) if weights is None else train.tensor(weights)

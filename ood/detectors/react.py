@@ -23,11 +23,11 @@ def clipped_logits(split: Split, c: float) -> np.ndarray:
 
 
 def train_clip(train: Split, q: float) -> float:
-    return train.memo(("quantile", float(q)), lambda: stats.quantile(train.features, q))
+    return train.memo(("quantile", float(q)), lambda: stats.quantile(train, q))
 
 
 def local_clip(split: Split, q: float) -> float:
-    return split.memo(("quantile", float(q)), lambda: stats.quantile(split.features, q))
+    return split.memo(("quantile", float(q)), lambda: stats.quantile(split, q))
 
 
 def _score_clipped(split: Split, c: float, fn) -> np.ndarray:

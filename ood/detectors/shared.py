@@ -14,7 +14,7 @@ from ..split import Split
 
 def feature_mean(split: Split) -> np.ndarray:
     """Mean feature [D], float64 (the same numbers as ``stats.moments(split)["mean"]``, without the Gram)."""
-    return split.memo("feature_mean", lambda: split.features.mean(axis=0, dtype=np.float64))
+    return stats.mean(split)
 
 
 def predicted(split: Split) -> np.ndarray:
