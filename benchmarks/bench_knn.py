@@ -69,9 +69,10 @@ def approximate(args, device):
     centers = rng.standard_normal((100, D), dtype=np.float32)
     x = np.maximum(centers[rng.integers(0, 100, N)] + rng.standard_normal((N, D), dtype=np.float32), 0)
     q = np.maximum(centers[rng.integers(0, 100, Q)] + rng.standard_normal((Q, D), dtype=np.float32), 0)
-    unseen = rng.standard_normal((100, D), dtype=np.float32)  # OOD: clusters the train set does not have
-    q[Q // 2:] = np.maximum(unseen[rng.integers(0, 100, Q - Q // 2)] + 1.4 * rng.standard_normal(
-        (Q - Q // 2, D), dtype=np.float32), 0)
+    unseen = rng.standard_normal((100, D), dtype=np.float32)  # OOD: halfway to clusters the train set lacks
+    n_ood = Q - Q // 2
+    q[Q // 2:] = np.maximum(0.75 * centers[rng.integers(0, 100, n_ood)] + 0.66 * unseen[rng.integers(0, 100, n_ood)]
+                            + rng.standard_normal((n_ood, D), dtype=np.float32), 0)
     is_id = np.arange(Q) < Q // 2
     head = Head(np.zeros((10, D), np.float32), np.zeros(10, np.float32))
     train = Split.from_arrays("train", x, head, device=device)
