@@ -23,6 +23,7 @@ from ..errors import InputError
 FORMAT = "ood-segmentation"
 VERSION = 1
 CHUNK_PIXELS = 1 << 18
+SEGMENTS = "segments"  # the group of the segment table (ood.segments.table)
 _STR = h5py.string_dtype("utf-8")
 
 
