@@ -70,6 +70,7 @@ def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict]
     params = params or {}
     records, scores, timings, used, fitted = [], {}, {}, {}, {}
     notes = list(inputs.notes)
+    notes += [f"{o.name} has one row: its FPR95 can only be 0 or 1" for o in inputs.oods if o.n == 1]
     for i, name in enumerate(methods, 1):
         t0 = time.perf_counter()
         det = create(name, **params.get(name, {}))
@@ -81,11 +82,15 @@ def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict]
                 test = inputs.id_rest
                 note.append(f"scored on the {test.n} ID test rows left after holding out {inputs.id_val.n} "
                             f"as its ID validation split")
+        s, failed = None, {}
         try:
             det.fit(inputs.train)
             s = {"id": _score_split(det, test, "ID test")}
             for ood in inputs.oods:
-                s[ood.name] = _score_split(det, ood, ood.name)
+                try:
+                    s[ood.name] = _score_split(det, ood, ood.name)
+                except DETECTOR_FAILURES as e:  # this set alone: the detector's other rows stand
+                    failed[ood.name] = f"could not score {ood.name}: {e}"
         except DETECTOR_FAILURES as e:
             s = None
             note.append(f"could not be run: {e}")
@@ -95,13 +100,16 @@ def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict]
         for ood in inputs.oods:
             rec = {"method": name, "dataset": ood.name, **dict.fromkeys(METRIC_KEYS)}
             rec_notes = list(note)
-            if s is not None:
+            if ood.name in failed:
+                rec_notes.append(failed[ood.name])
+            elif s is not None:
                 rec.update(metrics.evaluate(s["id"], s[ood.name], fpr=fpr))
                 if ood.n == 1:
                     rec_notes.append(f"{ood.name} has one row: FPR95 can only be 0 or 1")
             if rec_notes:
                 rec["note"] = "; ".join(rec_notes)
             records.append(rec)
+            notes += [f"{name}: {failed[ood.name]}"] if ood.name in failed else []
         timings[name] = time.perf_counter() - t0
         if s is not None:
             scores[name] = s
