@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from ..cli import add_device_option
 from ..checks import check_finite_rows, check_labels
 from ..data import read_groups as read_group_counts, read_labels
 from ..features import FeatureFile, FeatureFileError, write_fc
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=float,
                    help="passes over the data (default: MOS's BiT schedule by train-set size)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_option(t)
     t.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=cmd_train)
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--class_names", required=True, help="text file, one class name a line, in class order")
     z.add_argument("--templates", help="text file of prompt templates with {} for the class name "
                                        "(default: the extraction's templates)")
-    z.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_option(z)
     z.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     z.set_defaults(run=cmd_zeroshot)
     return p
