@@ -43,10 +43,14 @@ IMAGENET_S_MERGE = {"n04356056": "n04355933", "n04493381": "n02808440", "n036428
 
 @dataclass
 class DataList:
+    """Image paths, labels (-1 = none), extra string columns by name, class names, and the list format read
+    (``format``: a reader's name, ``"folder"`` for a scanned folder)."""
+
     paths: List[str]
     labels: np.ndarray
     extra: Dict[str, list] = field(default_factory=dict)
     classes: List[str] = field(default_factory=list)
+    format: str = ""
 
     def __len__(self):
         return len(self.paths)
@@ -54,7 +58,7 @@ class DataList:
     def subset(self, idx) -> "DataList":
         idx = np.asarray(idx, dtype=np.int64)
         return DataList([self.paths[i] for i in idx], self.labels[idx],
-                        {k: [v[i] for i in idx] for k, v in self.extra.items()}, self.classes)
+                        {k: [v[i] for i in idx] for k, v in self.extra.items()}, self.classes, self.format)
 
 
 def _lines(path):
@@ -345,7 +349,7 @@ def scan_folder(root, labels: str = "folders") -> DataList:
         y = [index[r.split("/", 1)[0]] for r in rel]
     else:
         y, classes = [-1] * len(rel), []
-    return DataList(rel, _labels(y), classes=classes)
+    return DataList(rel, _labels(y), classes=classes, format="folder")
 
 
 # --------------------------------------------------------------------------------------------- dispatch
@@ -362,21 +366,88 @@ READERS = {
 LIST_FORMATS = ("auto",) + tuple(READERS)
 
 
+#: lines of a list that auto-detection reads (the chosen reader then checks every line)
+DETECT_LINES = 10_000
+
+
+def _path_plausibility(path: str) -> int:
+    """2: ends in an image extension; 1: has none; 0: two file names glued by a space (a column taken for a
+    path), e.g. ``a.jpg b.png`` read as one path."""
+    tokens = path.split()
+    if any(_is_image(t) for t in tokens[:-1]):
+        return 0
+    return 2 if _is_image(path) else 1
+
+
+def _readings(line: str) -> Dict[str, tuple]:
+    """Every format whose columns fit ``line``: ``{format: (plausibility, (image path, label reading))}``;
+    plausibility is that of the least plausible path column (see :func:`_path_plausibility`)."""
+    out = {}
+    parts = line.rsplit(maxsplit=1)
+    label = _int_or_none(parts[-1]) if len(parts) == 2 else None
+    if not (len(parts) == 1 and _int_or_none(line) is not None):
+        path = parts[0] if label is not None else line
+        out["vim"] = (_path_plausibility(path), (path, -1 if label is None else label))
+    parts = line.rsplit(maxsplit=2)
+    if len(parts) == 3 and _int_or_none(parts[1]) is not None and _int_or_none(parts[2]) is not None:
+        out["mos_group"] = (_path_plausibility(parts[0]), (parts[0], ("group", int(parts[1]), int(parts[2]))))
+    parts = line.rsplit(maxsplit=3)
+    if len(parts) == 4 and _int_or_none(parts[1]) is not None and _int_or_none(parts[2]) is None \
+            and _int_or_none(parts[3]) is None:
+        out["sood"] = (_path_plausibility(parts[0]), (parts[0], int(parts[1])))
+        head = parts[0].rsplit(maxsplit=1)
+        if len(head) == 2:
+            score = min(_path_plausibility(head[0]), _path_plausibility(head[1]))
+            out["sood_seg"] = (score, (head[0], int(parts[1])))
+    tokens = line.split()
+    if len(tokens) in (1, 2) and "/" in tokens[0] and (len(tokens) == 1 or _is_image(tokens[1])):
+        out["imagenet_s"] = (min(_path_plausibility(t) for t in tokens), (tokens[0], -1))
+    return out
+
+
+_DESCRIBE = {"vim": "'path [label]'", "mos": "'path label'", "mos_group": "'path group index_in_group'",
+             "sood": "'path class_id superclass subclass'", "sood_seg": "'image mask class_id superclass subclass'",
+             "imagenet_s": "'<wnid>/<image> [<wnid>/<mask>.png]'"}
+
+
 def detect_format(path) -> str:
-    """The format of a list, from its first non-blank line (``mos`` lists read as ``vim``)."""
-    for _, line in _lines(path):
-        parts = line.rsplit(maxsplit=3)
-        if len(parts) == 4 and _int_or_none(parts[1]) is not None and _int_or_none(parts[2]) is None \
-                and _int_or_none(parts[3]) is None:
-            head = parts[0].rsplit(maxsplit=1)
-            return "sood_seg" if len(head) == 2 and _is_image(head[0]) and _is_image(head[1]) else "sood"
-        tokens = line.split()
-        if len(tokens) >= 3 and _int_or_none(tokens[-1]) is not None and _int_or_none(tokens[-2]) is not None:
-            return "mos_group"
-        if len(tokens) == 2 and _is_image(tokens[0]) and _is_image(tokens[1]):
-            return "imagenet_s"
+    """The format of a list, from the columns of its first :data:`DETECT_LINES` lines.
+
+    Each format that fits every line is ranked by how plausible its path columns are (an image extension at
+    the end, no two file names glued into one path); ``mos`` lists read as ``vim``. When two formats fit
+    equally well and read some line differently (other paths or labels), the list is ambiguous: a
+    :class:`~ood.errors.ListFormatError` names that line and both readings, and ``--list_format`` decides.
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "l.txt")
+    >>> _ = open(p, "w").write("val/a.JPEG 0 328\\n")
+    >>> detect_format(p)
+    'mos_group'
+    >>> _ = open(p, "w").write("val/a 0 328\\n")
+    >>> detect_format(p)
+    Traceback (most recent call last):
+    ood.errors.ListFormatError: ...:1: 'val/a 0 328' fits more than one list format: ...; pass --list_format ...
+    """
+    lines = []
+    for number, line in _lines(path):
+        lines.append((number, line, _readings(line)))
+        if len(lines) >= DETECT_LINES:
+            break
+    if not lines:
         return "vim"
-    return "vim"
+    formats = [f for f in READERS if f != "mos"]
+    score = {f: min(r.get(f, (0, None))[0] for _, _, r in lines) for f in formats}
+    best = max(score.values())
+    if best == 0:  # no format fits every line: the one that fits most, so its reader names the bad line
+        return max(formats, key=lambda f: sum(r.get(f, (0, None))[0] > 0 for _, _, r in lines))
+    chosen = [f for f in formats if score[f] == best]
+    for other in chosen[1:]:
+        for number, line, r in lines:
+            if r[chosen[0]][1] != r[other][1]:
+                raise ListFormatError(
+                    f"{path}:{number}: {line!r} fits more than one list format: {chosen[0]} "
+                    f"{_DESCRIBE[chosen[0]]} or {other} {_DESCRIBE[other]}; pass --list_format to say which")
+    return chosen[0]
 
 
 def read_list(path, fmt: str = "auto", **options) -> DataList:
@@ -392,5 +463,7 @@ def read_list(path, fmt: str = "auto", **options) -> DataList:
     reader = READERS[fmt]
     accepted = inspect.signature(reader).parameters
     kwargs = {k: v for k, v in options.items() if v is not None and k in accepted and k != "path"}
-    return reader(path, **kwargs)
+    data = reader(path, **kwargs)
+    data.format = fmt
+    return data
 

@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # torch, h5py and the backbones load on first use, so --help 
     from .runtime import Dist, Extractor
 
 #: attributes that must agree between a partial file and the run that resumes it
-RESUME_KEYS = ("model", "backend", "checkpoint_sha256", "random_init_seed", "preprocess", "data_root", "list_file",
-               "dtype", "amp")
+RESUME_KEYS = ("model", "backend", "weights", "checkpoint_sha256", "random_init_seed", "preprocess", "data_root",
+               "list_file", "label_mode", "dtype", "amp")
 
 
 def _to_host(tensors):
@@ -61,20 +61,15 @@ def _append_skipped(h5: h5py.File, paths: List[str]):
     ds[n:] = paths
 
 
-def _check_resume(writer: FeatureWriter, attrs: dict, data: DataList) -> int:
-    """Reopen a partial file at its last committed batch; returns the list position to continue from.
+def _check_resume(writer: FeatureWriter, data: DataList) -> int:
+    """Position a reopened partial file at its last committed batch; returns the list position to continue from.
 
-    A partial file resumes only the same run: same model, weights, preprocessing, inputs and dtype. A batch is
-    committed by ``inputs_done``, written after its rows and skipped paths, so rows or skipped paths of a batch
-    that was interrupted half-way are dropped here and written again.
+    The writer has checked that the partial file is of the same run (:data:`RESUME_KEYS`: model, weights,
+    preprocessing, inputs, dtype; and the widths). A batch is committed by ``inputs_done``, written after its
+    rows and skipped paths, so rows or skipped paths of a batch that was interrupted half-way are dropped here
+    and written again.
     """
-    from .features import base_attrs
-
     stored = writer.h5.attrs
-    for key, value in base_attrs(**attrs).items():
-        if key in RESUME_KEYS and key in stored and str(stored[key]) != str(value):
-            raise FeatureFileError(f"{writer.tmp}: cannot resume: it was made with {key}={stored[key]!r}, "
-                                   f"this run has {key}={value!r} (rerun without --resume to start over)")
     done = int(stored.get("inputs_done", 0))
     skipped = list(writer.h5["skipped_paths"].asstr()[()]) if "skipped_paths" in writer.h5 else []
     first = list(data.paths[:done])
@@ -97,11 +92,28 @@ def _check_resume(writer: FeatureWriter, attrs: dict, data: DataList) -> int:
     return done
 
 
+def check_space(out, rows: int, dim: int, num_classes: Optional[int], dtype: str, log):
+    """Warn, before the forward passes, when the disk under ``out`` has less room than the file will take."""
+    import shutil
+
+    need = rows * (dim * (2 if dtype == "float16" else 4) + 4 * (num_classes or 0) + 8 + 64)
+    try:
+        free = shutil.disk_usage(Path(out).parent).free
+    except OSError:
+        return
+    if need > free:
+        log(f"warning: {out} will take about {need / 2**20:.0f} MiB and {free / 2**20:.0f} MiB are free there; "
+            f"if the disk fills up, the run stops, keeps its rows in {out}{PARTIAL_SUFFIX} and --resume continues it")
+
+
 def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: dict, *, batch: int, workers: int,
-                  resume: bool, overwrite: bool, skip_bad: bool, progress: bool, log, threads: int = 1) -> dict:
+                  resume: bool, overwrite: bool, skip_bad: bool, progress: bool, log, threads: int = 1,
+                  allow_empty: bool = False) -> dict:
     """Extract ``data`` into ``out``; returns a summary (rows, skipped, seconds).
 
     ``workers`` > 0: a DataLoader with that many processes; 0: decoding on ``threads`` threads in this process.
+    A run in which every image is unreadable (``skip_bad``) writes nothing and raises, unless ``allow_empty``
+    (a torchrun shard, merged with the others).
     """
     import h5py
     import torch
@@ -112,14 +124,18 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
     backbone = extractor.backbone
     dim, num_classes = extractor.dims(backbone.transform)
     partial = Path(str(out) + PARTIAL_SUFFIX)
-    resuming = resume and partial.exists()
     if partial.exists() and not resume:
         log(f"{partial}: starting over (pass --resume to continue it)")
     writer = FeatureWriter(out, len(data), dim, num_classes, dtype=attrs["dtype"], extra=tuple(data.extra),
-                           attrs=attrs, resume=resume, overwrite=overwrite)
+                           attrs=attrs, resume=resume, overwrite=overwrite, resume_keys=RESUME_KEYS)
+    resuming = writer.resumed
+    if writer.restarted:
+        log(writer.restarted)
+    if not resuming:
+        check_space(out, len(data), dim, num_classes, attrs["dtype"], log)
     bar = None
     try:
-        start = _check_resume(writer, attrs, data) if resuming else 0
+        start = _check_resume(writer, data) if resuming else 0
         if data.classes and "classes" not in writer.h5:
             writer.h5.create_dataset("classes", data=list(data.classes), dtype=h5py.string_dtype("utf-8"))
         if resuming:
@@ -155,7 +171,7 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
                 for _, message in bad:
                     log(f"skipped {message}")
             writer.set_attrs(inputs_done=done)  # the commit point of this batch
-            writer.h5.flush()
+            writer.flush()
             if bar is not None:
                 bar.update(len(rows) + len(bad))
 
@@ -175,13 +191,20 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - tic
-        writer.set_attrs(num_skipped=int(writer.h5["skipped_paths"].shape[0]) if "skipped_paths" in writer.h5 else 0)
+        num_skipped = int(writer.h5["skipped_paths"].shape[0]) if "skipped_paths" in writer.h5 else 0
+        if writer.rows == 0 and not allow_empty:
+            first = writer.h5["skipped_paths"].asstr()[0] if num_skipped else "none"
+            writer.discard()
+            raise ImageError(f"{data_root}: none of the {len(data)} images could be read (first: {first}); "
+                             f"nothing written to {out}")
+        writer.set_attrs(num_skipped=num_skipped)
         rows_written = writer.rows
         writer.close()
     except BaseException:
         if bar is not None:
             bar.close()
-        writer.abort()
+        if writer.h5:
+            writer.abort()
         raise
     return {"rows": rows_written, "skipped": skipped, "seconds": seconds, "images": len(data) - start,
             "dim": dim, "num_classes": num_classes}
@@ -196,6 +219,8 @@ def merge_shards(out, shards: List[Path], attrs: dict, extra, overwrite: bool, b
     files = [FeatureFile(p) for p in shards]
     try:
         total = sum(f.n for f in files)
+        if total == 0:
+            raise ImageError(f"none of the images could be read (every shard is empty); nothing written to {out}")
         first = files[0]
         writer = FeatureWriter(out, total, first.dim, first.num_classes, dtype=attrs["dtype"], extra=tuple(extra),
                                attrs=attrs, overwrite=overwrite)
@@ -352,13 +377,16 @@ def extract_features(data_root, out, spec: ModelSpec, *, img_list=None, list_for
         raise FeatureFileError(f"{out}: exists already; pass --overwrite to replace it")
     check_writable(out, "feature file")
     data = load_inputs(data_root, img_list, list_format, labels)
+    if img_list and list_format == "auto":
+        log(f"{img_list}: read as a {data.format!r} list (auto-detected; --list_format to choose another)")
     device = resolve_device(device, dist)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     backbone = spec.build()
     extractor = Extractor(backbone, device, amp, dtype, channels_last)
     attrs = dict(**spec.attrs(), preprocess=backbone.preprocess, feature_source=backbone.feature_source,
-                 data_root=str(data_root), list_file=str(img_list or ""), list_format=list_format,
+                 data_root=str(data_root), list_file=str(img_list or ""), list_format=data.format or list_format,
+                 label_mode=labels,
                  dtype=dtype, amp=extractor.amp)
     workers = default_workers(dist, device) if workers is None else workers
     common = dict(batch=batch, workers=workers, threads=cpus_per_rank(dist), skip_bad=skip_bad,
@@ -399,7 +427,7 @@ def run_sharded(out, data: DataList, data_root, extractor: Extractor, attrs: dic
                 summary = {"rows": 0, "skipped": 0, "seconds": 0.0, "images": 0}
             else:
                 summary = extract_split(mine, data.subset(np.asarray(dist.shard(len(data)))), data_root,
-                                        extractor, attrs, resume=resume, overwrite=True, **common)
+                                        extractor, attrs, resume=resume, overwrite=True, allow_empty=True, **common)
         except (InputError, OSError) as e:
             status = f"rank {dist.rank}: {e}"
         statuses = [None] * dist.world

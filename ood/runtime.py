@@ -34,11 +34,72 @@ RESERVED = ("features", "logits", "labels", "paths", "skipped_paths", "classes",
 
 
 def load_image(path) -> Image.Image:
-    """Decode fully (so truncated files fail here) and convert to RGB, as torchvision's ImageFolder loader does."""
+    """Decode fully (so truncated files fail here) to the 8-bit RGB image a viewer shows (:func:`to_rgb`)."""
     with Image.open(path) as img:
+        img.load()
+        return to_rgb(img)
+
+
+def _grey(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.repeat(values.astype(np.uint8)[..., None], 3, axis=-1), "RGB")
+
+
+def _on_white(colour: np.ndarray, alpha: np.ndarray, premultiplied: bool = False) -> Image.Image:
+    """Composite [H, W, 3] colour with [H, W] alpha (0-255) over white, rounded to 8 bits."""
+    c, a = colour.astype(np.int32), alpha.astype(np.int32)[..., None]
+    out = c + (255 - a) if premultiplied else (c * a + 255 * (255 - a) + 127) // 255
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The 8-bit RGB image a viewer shows for any PIL mode, where ``convert("RGB")`` alone would lose it.
+
+    - 16-bit grey (``I;16`` and its byte orders; ``I``, which PIL uses for 16-bit PNG, TIFF and PGM, scaling
+      a PGM's maxval to 65535): v / 257 rounded, v clipped to [0, 65535], so 65535 is white (``convert``
+      clips everything above 255).
+    - 32-bit float (``F``): 0.0 black to 1.0 white, clipped, NaN black (``convert`` reads 1.0 as 1 of 255).
+    - transparency (``RGBA``, ``LA``, ``PA``, palettes with alpha, palette, grey or RGB images with a
+      transparent colour; the premultiplied ``RGBa`` and ``La``): composited over white, as a browser shows
+      it on a white page (``convert`` drops the alpha and shows whatever colour transparent pixels hold).
+    - ``LAB``: through littlecms (CIE L*a*b* D50 to sRGB), where PIL's ``convert`` gives wrong colours.
+    - ``CMYK``: PIL's conversion, R = (255 - C)(255 - K) / 255 (an embedded ICC profile is not applied);
+      ``1``, ``L``, ``P``, ``RGB``, ``RGBX``, ``YCbCr``, ``HSV``: PIL's ``convert``.
+
+    EXIF orientation is not applied, as in torchvision's and timm's loaders, so features match the
+    reference pipelines; the first frame of an animation is used.
+
+    >>> img = Image.fromarray(np.array([[0, 257, 65535]], np.uint16))
+    >>> np.asarray(to_rgb(img))[0, :, 0].tolist()
+    [0, 1, 255]
+    >>> np.asarray(to_rgb(Image.new("RGBA", (1, 1), (0, 0, 0, 0)))).tolist()
+    [[[255, 255, 255]]]
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        v = np.asarray(img).astype(np.float64)
+        return _grey(np.floor(np.clip(v, 0, 65535) / 257 + 0.5))
+    if mode == "F":
+        v = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+        return _grey(np.floor(np.clip(v, 0, 1) * 255 + 0.5))
+    if mode in ("RGBa", "La"):
+        a = np.asarray(img)
+        colour = a[..., :3] if mode == "RGBa" else np.repeat(a[..., :1], 3, axis=-1)
+        return _on_white(colour, a[..., -1], premultiplied=True)
+    rgba_palette = mode == "P" and img.palette is not None and img.palette.mode == "RGBA"
+    if mode in ("RGBA", "LA", "PA") or "transparency" in img.info or rgba_palette:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-with-transparency notes
-            return img.convert("RGB")
+            rgba = np.asarray(img.convert("RGBA"))
+        return _on_white(rgba[..., :3], rgba[..., 3])
+    if mode == "LAB":
+        try:
+            from PIL import ImageCms
+            transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                                "LAB", "RGB")
+            return ImageCms.applyTransform(img, transform)
+        except ImportError:
+            pass
+    return img.convert("RGB")
 
 
 class ImageDataset(torch.utils.data.Dataset):
