@@ -25,12 +25,12 @@ Pixel datasets are flat (image after image) and located by the store's ``offsets
 >>> import tempfile, pathlib, numpy as np
 >>> from ood.segmentation.store import write_segmentation
 >>> p = pathlib.Path(tempfile.mkdtemp()) / "s.h5"
->>> probs = np.full((2, 3, 4), 0.5, np.float32); probs[0, :, :2] = 0.9; probs[1] = 1 - probs[0]
->>> write_segmentation(p, {}, [probs.argmax(0)], paths=["a.png"], probs=[probs], detectors=[])
+>>> probs = np.full((2, 3, 4), 0.2, np.float32); probs[0, :, :2] = 0.9; probs[1] = 1 - probs[0]
+>>> write_segmentation(p, {}, [probs.argmax(0)], paths=["a.png"], probs=[probs])
 >>> t = read_segments(p)
 >>> len(t), t.pred_class.tolist(), t.bbox.tolist()
 (2, [0, 1], [[0, 0, 3, 2], [0, 2, 3, 4]])
->>> float(t.column("S")[0]), segment_mask(p, 0, 2).sum()
+>>> float(t.column("S")[0]), int(segment_mask(p, 0, 2).sum())
 (6.0, 6)
 """
 from __future__ import annotations
