@@ -16,6 +16,7 @@ import numpy as np
 
 from .data import LIST_FORMATS, DataList, ListFormatError, _lines, read_list, scan_folder
 from .errors import InputError
+from .fileio import check_writable, write_text
 
 SHOWN = 10  # problems listed by name; the rest are counted
 
@@ -84,7 +85,8 @@ def check(list_path, root, fmt: str = "auto", mask_root=None, decode: bool = Fal
     if not len(data):
         raise ListFormatError(f"{list_path}: no entries")
     columns = f"; extra columns: {', '.join(data.extra)}" if data.extra else ""
-    print(f"{list_path}: {len(data)} entries{columns}", file=out)
+    how = " (auto-detected; --list_format to choose another)" if fmt == "auto" else ""
+    print(f"{list_path}: {len(data)} entries, format {data.format}{how}{columns}", file=out)
     print(label_summary(data.labels), file=out)
     problems = _report("images", *find_problems(root, data.paths, decode, workers), out)
     if "mask" in data.extra:
@@ -134,12 +136,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "scan":
+            if args.classes:
+                check_writable(args.classes, "--classes file")
             data = scan_folder(args.root, args.labels)
             if not len(data):
                 raise ListFormatError(f"{args.root}: no images found")
             sys.stdout.write(format_list(data))
             if args.classes:
-                Path(args.classes).write_text("".join(f"{c}\n" for c in data.classes))
+                write_text(args.classes, "".join(f"{c}\n" for c in data.classes))
             return 0
         if args.command == "sample":
             sys.stdout.write("".join(f"{line}\n" for line in sample_lines(args.list, args.n, args.seed)))

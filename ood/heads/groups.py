@@ -11,7 +11,6 @@ plus ``groups/others_weight`` [G, D], ``groups/others_bias`` [G], ``groups/group
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,12 +19,14 @@ import h5py
 import numpy as np
 import torch
 
-from ..features import PARTIAL_SUFFIX, FeatureFileError, Head, base_attrs, read_head
+from ..features import FeatureFileError, Head, base_attrs, h5_writing, read_head
 from ..split import resolve_device
 from ..errors import InputError
 
 GROUP_HEAD = "group_softmax"
 FLAT_HEAD = "flat_softmax"
+#: more classes than any group file describes: a larger count is a mistake, refused before memory is spent on it
+MAX_CLASSES = 10_000_000
 
 
 @dataclass(kw_only=True)
@@ -55,6 +56,8 @@ def check_layout(group_of_class, source="groups") -> np.ndarray:
         raise InputError(f"{source}: expected one integer group index per class, got shape {g.shape} {g.dtype}")
     if g.min() < 0:
         raise InputError(f"{source}: negative group index {int(g.min())}")
+    if g.max() >= g.size:
+        raise InputError(f"{source}: group index {int(g.max())} for {g.size} classes leaves some group empty")
     empty = np.setdiff1d(np.arange(g.max() + 1), g)
     if empty.size:
         raise InputError(f"{source}: group {int(empty[0])} has no classes")
@@ -66,6 +69,9 @@ def layout_from_counts(counts, source="groups") -> np.ndarray:
     counts = np.asarray(counts, dtype=np.int64)
     if counts.ndim != 1 or counts.size == 0 or (counts <= 0).any():
         raise InputError(f"{source}: class counts per group must be positive integers")
+    if counts.sum() > MAX_CLASSES:
+        raise InputError(f"{source}: the class counts add up to {int(counts.sum())} classes, more than "
+                         f"{MAX_CLASSES} (is it a group index per class?)")
     return np.repeat(np.arange(counts.size), counts)
 
 
@@ -82,10 +88,13 @@ def read_groups(path) -> np.ndarray:
             values = np.load(path, allow_pickle=False)
         else:
             values = np.array(path.read_text(encoding="utf-8").replace(",", " ").split(), dtype=np.float64)
-    except (ValueError, OSError, UnicodeDecodeError) as e:
+    except (ValueError, OSError, UnicodeDecodeError, EOFError) as e:
         raise InputError(f"{path}: not a group file of integers ({e.__class__.__name__}: {e})") from None
     values = np.asarray(values).reshape(-1)
-    if values.size == 0 or not np.all(np.equal(np.mod(values, 1), 0)):
+    if values.dtype.kind not in "fiu":
+        raise InputError(f"{path}: expected integers, got an array of {values.dtype}")
+    if values.size == 0 or not np.all(np.isfinite(values)) or not np.all(np.equal(np.mod(values, 1), 0)) \
+            or np.abs(values).max() > MAX_CLASSES:
         raise InputError(f"{path}: expected integers (class counts per group, or a group index per class)")
     values = values.astype(np.int64)
     return check_layout(values, str(path)) if (values == 0).any() else layout_from_counts(values, str(path))
@@ -191,9 +200,7 @@ def write_group_head(path, head: GroupHead, *, overwrite: bool = True, **attrs):
     path = Path(path)
     if path.exists() and not overwrite:
         raise FeatureFileError(f"{path}: exists already; pass --overwrite to replace it")
-    tmp = Path(str(path) + PARTIAL_SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(tmp, "w") as h5:
+    with h5_writing(path) as h5:
         for key, value in base_attrs(**{**head.attrs, **attrs}, head_type=GROUP_HEAD,
                                      num_groups=head.num_groups).items():
             h5.attrs[key] = value
@@ -205,7 +212,6 @@ def write_group_head(path, head: GroupHead, *, overwrite: bool = True, **attrs):
         h5.create_dataset("groups/group_of_class", data=np.asarray(head.group_of_class, dtype=np.int64))
         if head.class_names is not None:
             h5.create_dataset("class_names", data=list(head.class_names), dtype=h5py.string_dtype("utf-8"))
-    os.replace(tmp, path)
 
 
 def is_group_head(path) -> bool:
@@ -226,10 +232,14 @@ def read_group_head(path) -> GroupHead:
     if not is_group_head(path):
         raise FeatureFileError(f"{path}: has no group layout (groups/group_of_class); make one with "
                                f"'python -m ood.heads train TRAIN.h5 OUT.h5 --groups GROUPS'")
-    with h5py.File(path, "r") as h5:
-        ow = h5["groups/others_weight"][()].astype(np.float32)
-        ob = h5["groups/others_bias"][()].astype(np.float32).reshape(-1)
-        g = h5["groups/group_of_class"][()]
+    try:
+        with h5py.File(path, "r") as h5:
+            ow = np.asarray(h5["groups/others_weight"][()], dtype=np.float32)
+            ob = np.asarray(h5["groups/others_bias"][()], dtype=np.float32).reshape(-1)
+            g = np.asarray(h5["groups/group_of_class"][()])
+    except (KeyError, OSError, TypeError, ValueError, AttributeError) as e:
+        raise FeatureFileError(f"{path}: groups/others_weight, others_bias and group_of_class must be arrays of "
+                               f"numbers ({e.__class__.__name__}: {e})") from None
     try:
         g = check_layout(g, f"{path}: groups/group_of_class")
     except ValueError as e:
