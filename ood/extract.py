@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import pickle
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,9 +147,8 @@ def extract_split(out, data: DataList, data_root, extractor: Extractor, attrs: d
         else:
             loader = threaded_batches(dataset, batch, threads)
         if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(data), initial=start, unit="img", dynamic_ncols=True, smoothing=0.05,
-                       desc=Path(out).name, file=sys.stderr)
+            from .progress import Progress
+            bar = Progress(total=len(data), initial=start, unit="img", desc=Path(out).name)
         skipped = 0
         pending = None
         tic = time.perf_counter()
