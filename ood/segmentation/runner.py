@@ -25,6 +25,7 @@ from ..cli import add_run_options, run_main, stderr_log
 from ..errors import ImageError, InputError
 from ..features import PARTIAL_SUFFIX, FeatureFileError, file_sha256
 from ..runtime import Dist, ImageDataset, autocast, default_workers, load_inputs, resolve_device
+from ..segments.metrics import DEFAULT_IGNORE, MAPS, metric_columns, segment_metrics
 from .scoremaps import PIXEL_DETECTORS, check_detectors, score_maps
 from .store import SegmentationWriter
 
@@ -105,32 +106,45 @@ class Segmenter:
     """One model on one device: images of one size in, float32 score maps and class maps out."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, detectors, amp: str = "auto",
-                 channels_last: bool = True, **params):
+                 channels_last: bool = True, segments: bool = False, **params):
         self.model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         self.device, self.detectors, self.amp, self.params = device, check_detectors(detectors), amp, params
         self.channels_last = channels_last
+        self.segments = segments
 
     def __call__(self, x: torch.Tensor):
+        """``(score maps, pred, probs)``; ``probs`` is None unless segments are on, then ``(softmax [B, C, H, W],
+        {E, D, V: [B, H, W]})`` as numpy, for :func:`ood.segments.metrics.segment_metrics`."""
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.amp, self.device):
             logits = self.model(x)["out"]
         with torch.inference_mode():
-            maps = score_maps(logits, self.detectors, **self.params)
+            p = torch.softmax(logits.float(), 1).contiguous() if self.segments else None
+            maps = score_maps(logits, self.detectors, probs=p, **self.params)
             pred = logits.argmax(1)
-        return {k: v.cpu().numpy() for k, v in maps.items()}, pred.cpu().numpy()
+            if p is not None:
+                from ..segments.metrics import pixel_maps
+
+                pix = pixel_maps(p, maps.get("entropy"))
+                p = (p.cpu().numpy(), {k: v.cpu().numpy() for k, v in pix.items()})
+        return {k: v.cpu().numpy() for k, v in maps.items()}, pred.cpu().numpy(), p
 
 
 def segment(out, data: DataList, data_root, segmenter: Segmenter, *, mask_root=None, batch: int = 4,
             workers: int = 0, resume: bool = False, overwrite: bool = False, compression: str = "lzf",
-            attrs: Optional[dict] = None, progress: bool = False, log=lambda msg: None) -> dict:
-    """Segment every image of ``data`` into ``out``; returns a summary (images, pixels, seconds)."""
+            attrs: Optional[dict] = None, progress: bool = False, log=lambda msg: None,
+            ignore_ids=DEFAULT_IGNORE) -> dict:
+    """Segment every image of ``data`` into ``out``; returns a summary (images, pixels, seconds). With
+    ``segmenter.segments`` each image's MetaSeg segment table is computed while its softmax is in memory
+    (:mod:`ood.segments.metrics`; gt ids in ``ignore_ids`` are left out of the IoU)."""
     masks = data.extra.get("mask")
     partial = Path(str(out) + PARTIAL_SUFFIX)
     resuming = resume and partial.exists()
     writer = SegmentationWriter(out, len(data), segmenter.detectors, with_gt=masks is not None,
-                                compression=compression, attrs=attrs, resume=resume, overwrite=overwrite)
+                                compression=compression, attrs=attrs, resume=resume, overwrite=overwrite,
+                                segments=segmenter.segments, ignore_ids=ignore_ids)
     try:
         start = writer.rows
         if resuming:
@@ -150,18 +164,31 @@ def segment(out, data: DataList, data_root, segmenter: Segmenter, *, mask_root=N
             preds, gts = [], []
             sizes = [tuple(item[1].shape[1:]) for item in items]
             results = {}
+            segs, seg_maps = [], {m: [] for m in MAPS}
             for size in dict.fromkeys(sizes):  # one forward per image size: no padding
                 group = [item for item, s in zip(items, sizes) if s == size]
-                maps, pred = segmenter(torch.stack([item[1] for item in group]))
+                maps, pred, probs = segmenter(torch.stack([item[1] for item in group]))
                 for j, item in enumerate(group):
-                    results[item[0]] = ({k: v[j] for k, v in maps.items()}, pred[j], item[3])
+                    image_maps = {k: v[j] for k, v in maps.items()}
+                    seg = None
+                    if probs is not None:  # the softmax of this image is in memory only now
+                        seg = segment_metrics(probs[0][j], pred=pred[j], maps={m: v[j] for m, v in probs[1].items()},
+                                              scores=image_maps, gt=item[3], ignore_ids=ignore_ids)
+                        seg = (seg, {m: v[j] for m, v in probs[1].items()})
+                    results[item[0]] = (image_maps, pred[j], item[3], seg)
             for row, _, _, _ in items:
-                maps, pred, mask = results[row]
+                maps, pred, mask, seg = results[row]
                 for d in segmenter.detectors:
                     scores[d].append(maps[d])
                 preds.append(pred)
                 gts.append(mask)
-            writer.append(scores, preds, gts if masks is not None else None, [data.paths[r] for r, *_ in items])
+                if seg is not None:
+                    segs.append(seg[0])
+                    for m in MAPS:
+                        seg_maps[m].append(seg[1][m])
+            writer.append(scores, preds, gts if masks is not None else None, [data.paths[r] for r, *_ in items],
+                          segments=segs, segment_maps=seg_maps if segs else None,
+                          columns=metric_columns(probs[0].shape[1], segmenter.detectors) if segs else ())
             if bar is not None:
                 bar.update(len(items))
         if bar is not None:
@@ -193,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the CPUs, at most 8)")
     p.add_argument("--compression", choices=("lzf", "gzip"), default="lzf")
+    p.add_argument("--segments", action=argparse.BooleanOptionalAction, default=True,
+                   help="also store MetaSeg's segment table, segment ids and E/D/V maps (python -m ood.segments)")
+    p.add_argument("--ignore_ids", default=",".join(map(str, DEFAULT_IGNORE)),
+                   help="gt ids left out of the segments' IoU (comma list; default 255)")
     add_run_options(p)
     return p
 
@@ -205,13 +236,17 @@ def main(argv=None) -> int:
         if args.batch < 1:
             raise InputError(f"--batch must be at least 1, got {args.batch}")
         detectors = check_detectors(args.detectors.split(","))
+        try:
+            ignore_ids = [int(i) for i in args.ignore_ids.split(",") if i.strip()]
+        except ValueError:
+            raise InputError(f"--ignore_ids must be a comma list of integers, got {args.ignore_ids!r}") from None
         if Path(args.out_file).exists() and not args.overwrite:
             raise FeatureFileError(f"{args.out_file}: exists already; pass --overwrite to replace it")
         data = load_inputs(args.data_root, args.img_list, args.list_format, "none")
         dist = Dist()
         device = resolve_device(args.device, dist)
         model = build_model(args.model, args.num_classes, args.checkpoint)
-        segmenter = Segmenter(model, device, detectors, args.amp, args.channels_last)
+        segmenter = Segmenter(model, device, detectors, args.amp, args.channels_last, segments=args.segments)
         attrs = dict(model=args.model, backend="torchvision", num_classes=args.num_classes,
                      checkpoint=str(args.checkpoint or ""),
                      checkpoint_sha256=file_sha256(args.checkpoint) if args.checkpoint else "",
@@ -220,7 +255,7 @@ def main(argv=None) -> int:
         summary = segment(args.out_file, data, args.data_root, segmenter, mask_root=args.mask_root,
                           batch=args.batch, workers=default_workers(dist) if args.workers is None else args.workers,
                           resume=args.resume, overwrite=args.overwrite, compression=args.compression, attrs=attrs,
-                          progress=not args.quiet, log=log)
+                          progress=not args.quiet, log=log, ignore_ids=ignore_ids)
         log(f"{args.out_file}: {summary['images']} images, {summary['pixels']} pixels; "
             f"{summary['images'] / max(summary['seconds'], 1e-9):.2f} images/s")
         return 0

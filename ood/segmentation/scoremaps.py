@@ -7,7 +7,7 @@ sum p log p, ``gen`` generalized entropy (Liu et al., CVPR 2023).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -27,10 +27,11 @@ def check_detectors(names: Sequence[str]) -> list:
 
 
 def score_maps(logits: torch.Tensor, detectors: Sequence[str], gamma: float = 0.1, M: int = 100,
-               T: float = 1.0) -> Dict[str, torch.Tensor]:
-    """``{name: [B, H, W] float32}`` from logits [B, C, H, W]; the softmax is computed once and shared."""
+               T: float = 1.0, probs: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """``{name: [B, H, W] float32}`` from logits [B, C, H, W]; the softmax is computed once and shared (or
+    given as ``probs`` by a caller that needs it too)."""
     z = logits.float()
-    p = torch.softmax(z, dim=1) if {"msp", "entropy", "gen"} & set(detectors) else None
+    p = probs if probs is not None else torch.softmax(z, dim=1) if {"msp", "entropy", "gen"} & set(detectors) else None
     fns = {"msp": lambda: p.max(1).values, "maxlogit": lambda: z.max(1).values, "energy": lambda: energy(z, T),
            "entropy": lambda: neg_entropy(p), "gen": lambda: gen(p, gamma, M)}
     return {name: fns[name]() for name in check_detectors(detectors)}

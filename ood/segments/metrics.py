@@ -65,20 +65,27 @@ def metric_columns(num_classes: int, detectors: Sequence[str] = ()) -> List[str]
     return cols
 
 
-def pixel_maps(probs):
+def pixel_maps(probs, neg_entropy=None):
     """E, D, V of softmax probabilities [..., C, H, W] (torch tensor or numpy array), as float32 [..., H, W] of
-    the same kind; computed with torch (on the tensor's device)."""
+    the same kind; computed with torch (on the tensor's device). ``neg_entropy`` (sum p log p, the pixel
+    detector ``entropy``), when the caller has it, is reused."""
     import torch
 
     as_numpy = isinstance(probs, np.ndarray)
-    p = torch.from_numpy(probs) if as_numpy else probs
-    p = p.float()
+    p = (torch.from_numpy(probs) if as_numpy else probs).float()
     num = p.shape[-3]
-    top = torch.topk(p, min(2, num), dim=-3).values
-    p1 = top.select(-3, 0)
-    p2 = top.select(-3, 1) if num > 1 else torch.zeros_like(p1)
-    ent = -torch.special.xlogy(p, p).sum(-3)
-    maps = {"E": ent / np.log(num) if num > 1 else torch.zeros_like(p1), "D": 1 - (p1 - p2), "V": 1 - p1}
+    if num > 1:
+        top = torch.topk(p, 2, dim=-3).values
+        p1, p2 = top.select(-3, 0), top.select(-3, 1)
+    else:
+        p1 = p.select(-3, 0)
+        p2 = torch.zeros_like(p1)
+    if num > 1:
+        ent = -neg_entropy if neg_entropy is not None else -torch.special.xlogy(p, p).sum(-3)
+        e = (ent / np.log(num)).clamp_(min=0)
+    else:
+        e = torch.zeros_like(p1)
+    maps = {"E": e, "D": 1 - (p1 - p2), "V": 1 - p1}
     return {k: v.numpy() for k, v in maps.items()} if as_numpy else maps
 
 
