@@ -10,6 +10,10 @@
   null space analysis of neural networks"):
   ||P h|| / ||h||, P the orthogonal projection on the row space of W; 1 - this is the null-space share.
   When C >= D and W has full rank, P = I and every score is 1.
+
+A vector of norm 0 has no direction: NuSA scores a zero row 0 (no share in the row space) and NCI's cosine term
+of a row equal to m is 0. fDBD's distance ratio has no finite value there (it grows without bound as h nears
+m), so such a row scores +inf. Norms are taken in float64, so large features do not overflow.
 """
 from __future__ import annotations
 
@@ -18,6 +22,16 @@ import torch
 
 from .base import Detector, register
 from .shared import feature_mean, predicted
+
+
+def norm64(x: torch.Tensor) -> torch.Tensor:
+    """Row norms in float64: squares of large float32 features overflow float32."""
+    return torch.linalg.vector_norm(x.double(), dim=1)
+
+
+def safe_ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a / b, and 0 where b = 0 (then a = 0 too: a zero vector has no direction and no share of anything)."""
+    return torch.where(b > 0, a / torch.where(b > 0, b, torch.ones_like(b)), torch.zeros_like(a))
 
 
 @register("nci")
@@ -37,10 +51,10 @@ class NCI(Detector):
         m = split.tensor(self.mean_)
         pred = torch.as_tensor(predicted(split), device=split.device)
 
-        def block(lo, hi, h):
-            c = h - m
-            proj = (split.weight[pred[lo:hi]] * c).sum(1) / torch.linalg.vector_norm(c, dim=1)
-            return proj.double() + self.alpha * h.abs().sum(1).double()
+        def block(lo, hi, h):  # a row equal to the mean has no direction: its cosine term is 0
+            c = h.double() - m.double()
+            proj = safe_ratio((split.weight[pred[lo:hi]].double() * c).sum(1), norm64(c))
+            return proj + self.alpha * h.abs().double().sum(1)
         return split.map_blocks(block, dtype=np.float64)
 
 
@@ -69,7 +83,7 @@ class FDBD(Detector):
             dist = (sq[p][:, None] + sq[None, :] - 2 * W[p] @ W.T).clamp_min(0).sqrt()
             ratio = torch.where(dist > 0, gap / dist, torch.zeros_like(gap))
             ratio.scatter_(1, p[:, None], 0.0)
-            return ratio.sum(1).double() / (C - 1) / torch.linalg.vector_norm(h - m, dim=1).double()
+            return ratio.sum(1).double() / (C - 1) / norm64(h - m)
         return split.map_blocks(block, dtype=np.float64)
 
 
@@ -93,5 +107,5 @@ class NuSA(Detector):
 
     def score(self, split):
         Q = split.tensor(self.basis_)
-        return split.map_blocks(lambda lo, hi, h: torch.linalg.vector_norm(h @ Q, dim=1).double()
-                                / torch.linalg.vector_norm(h, dim=1).double(), dtype=np.float64)
+        # a zero row has no component in the row space: its share is 0 (not 0 / 0)
+        return split.map_blocks(lambda lo, hi, h: safe_ratio(norm64(h @ Q), norm64(h)), dtype=np.float64)

@@ -30,6 +30,9 @@ class DICE(Detector):
         W = train.head.weight
         contrib = feature_mean(train)[None, :] * W
         self.weight_ = np.where(contrib > np.percentile(contrib, 100 * self.sparsity), W, 0).astype(np.float32)
+        if not self.weight_.any():
+            self.note("no train-mean contribution is above the sparsity percentile (a zero or constant train "
+                      "mean?): the whole head is zeroed and every row gets the energy of the bias")
         return self
 
     def score(self, split):

@@ -37,7 +37,16 @@ except ImportError:
 
 
 def normalize(h: torch.Tensor) -> torch.Tensor:
+    """h / ||h|| (a zero row stays 0); each row is divided by its largest magnitude first, so the squares of
+    large features do not overflow float32."""
+    h = h / h.abs().amax(1, keepdim=True).clamp_min(torch.finfo(h.dtype).tiny)
     return h / torch.linalg.vector_norm(h, dim=1, keepdim=True).clamp_min(_EPS)
+
+
+def row_norms(x: torch.Tensor, rows: int = BANK_ROWS) -> torch.Tensor:
+    """Row norms of x, taken in float64 a block at a time (large features overflow float32 squares)."""
+    return torch.cat([torch.linalg.vector_norm(x[lo:lo + rows].double(), dim=1)
+                      for lo in range(0, x.shape[0], rows)]).to(x.dtype)
 
 
 def top_similarities(queries: torch.Tensor, bank: torch.Tensor, scale: torch.Tensor, k: int,
@@ -105,7 +114,11 @@ class Bank:
         self.train = train
         x = train.features if rows is None else train.take(rows)
         self.x = train.memo("features_tensor", lambda: train.tensor(x)) if rows is None else train.tensor(x)
-        norms = torch.linalg.vector_norm(self.x, dim=1).clamp_min(_EPS)
+        norms = row_norms(self.x)
+        if not bool((norms > 0).any()):
+            raise InputError(f"{train.path}: every train feature row of the neighbour bank is zero: there is no "
+                             f"direction to compare with")
+        norms = norms.clamp_min(_EPS)
         w = torch.ones_like(norms) if weights is None else train.tensor(weights)
         self.scale = w / norms
         self.n = self.x.shape[0]

@@ -12,6 +12,7 @@ import torch
 
 from .. import stats
 from ..split import LABELS
+from ..errors import InputError
 from .base import Detector, register
 
 
@@ -29,6 +30,35 @@ def pinv_factor(cov: np.ndarray) -> np.ndarray:
     return vecs[:, keep] / np.sqrt(vals[keep])
 
 
+def check_gram(train, m: dict):
+    """Refuse train features whose float32 products overflow: their Gram matrix (and so every covariance,
+    eigendecomposition and distance derived from it) would hold Inf."""
+    if not np.isfinite(m["gram"]).all():
+        raise InputError(f"{train.path}: the train features are too large for float32 products (their Gram matrix "
+                         f"overflows, values beyond about 1e17?); scale them down")
+
+
+def rank_note(det, L: np.ndarray, what: str, dim: int):
+    """Refuse a covariance with no variance at all; name one of lower rank than the feature width."""
+    if L.shape[1] == 0:
+        raise InputError(f"the {what} is zero (the train features do not vary): every distance would be 0")
+    if L.shape[1] < dim:
+        det.note(f"the {what} has rank {L.shape[1]} of {dim}: the {dim - L.shape[1]} directions without train "
+                 f"variance are left out of the distance (pseudo-inverse)")
+
+
+def min_sq_distance(h: torch.Tensor, c: torch.Tensor, L: torch.Tensor, v: torch.Tensor, vv: torch.Tensor):
+    """min_c |(h - c) L - v_c|^2 for a block of rows, float64; in float32 first, and again in float64 for the
+    rows whose float32 squares overflow (rows far outside the train features)."""
+    y = (h - c) @ L
+    d = ((y * y).sum(1, keepdim=True) - 2 * y @ v.T + vv).min(1).values.double()
+    bad = ~torch.isfinite(d)
+    if bad.any():
+        y = (h[bad].double() - c.double()) @ L.double()
+        d[bad] = ((y * y).sum(1, keepdim=True) - 2 * y @ v.double().T + vv.double()).min(1).values
+    return d
+
+
 @register("mahalanobis")
 class Mahalanobis(Detector):
     """-min_c (h - mu_c)^T P (h - mu_c), tied covariance of class-centred train features."""
@@ -38,8 +68,10 @@ class Mahalanobis(Detector):
     def fit(self, train):
         cs = stats.class_stats(train)
         m = stats.moments(train)
+        check_gram(train, m)
         L = train.memo(("within_class_precision_factor", LABELS),
                        lambda: pinv_factor(stats.within_class_scatter(train) / train.n))
+        rank_note(self, L, "tied within-class train covariance", train.dim)
         self.center_ = m["mean"]
         self.L_ = L
         self.v_ = (cs["means"] - m["mean"]) @ L
@@ -49,9 +81,4 @@ class Mahalanobis(Detector):
     def score(self, split):
         L, v, c = split.tensor(self.L_), split.tensor(self.v_), split.tensor(self.center_)
         vv = (v * v).sum(1)
-
-        def block(lo, hi, h):
-            y = (h - c) @ L
-            d = (y * y).sum(1, keepdim=True) - 2 * y @ v.T + vv
-            return -d.min(1).values
-        return split.map_blocks(block, dtype=np.float64)
+        return split.map_blocks(lambda lo, hi, h: -min_sq_distance(h, c, L, v, vv), dtype=np.float64)

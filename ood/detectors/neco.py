@@ -16,6 +16,8 @@ import torch
 
 from .. import stats
 from .base import Detector, register
+from .boundary import norm64, safe_ratio
+from .mahalanobis import check_gram
 from .shared import max_logit
 from ..errors import InputError
 
@@ -31,7 +33,14 @@ class NECO(Detector):
 
     def fit(self, train):
         m = stats.moments(train)
+        check_gram(train, m)
         std = np.sqrt(np.diag(m["gram"]) / m["n"])
+        if not std.any():
+            raise InputError("the train features do not vary (zero variance in every dimension): there is no "
+                             "principal subspace")
+        if (std == 0).any():
+            self.note(f"{int((std == 0).sum())} of {train.dim} features have zero train variance: their standard "
+                      f"deviation is taken as 1 (as sklearn's StandardScaler)")
         std[std == 0] = 1.0
         vals, vecs = train.memo("neco_eig", lambda: stats.eigh_desc(m["gram"] / m["n"] / np.outer(std, std)))
         if self.dim is None:
@@ -43,6 +52,10 @@ class NECO(Detector):
             if not 1 <= self.dim <= train.dim:
                 raise InputError(f"neco dim must be in [1, {train.dim}], got {self.dim}")
             self.dim_ = int(self.dim)
+        rank = int((vals > max(vals.size, 1) * np.finfo(np.float64).eps * vals[0]).sum())
+        if self.dim_ > rank:
+            self.note(f"the standardised train covariance has rank {rank} of {train.dim}: {self.dim_ - rank} of "
+                      f"the {self.dim_} principal directions have no train variance")
         self.mean_, self.std_ = m["mean"], std
         self.basis_ = np.ascontiguousarray(vecs[:, :self.dim_] / std[:, None])
         return self
@@ -50,6 +63,7 @@ class NECO(Detector):
     def score(self, split):
         B = split.tensor(self.basis_)
         mu, sd = split.tensor(self.mean_), split.tensor(self.std_)
-        share = split.map_blocks(lambda lo, hi, h: torch.linalg.vector_norm((h - mu) @ B, dim=1).double()
-                                 / torch.linalg.vector_norm((h - mu) / sd, dim=1).double(), dtype=np.float64)
+        # a row at the train mean has no direction: its share is 0
+        share = split.map_blocks(lambda lo, hi, h: safe_ratio(norm64((h - mu) @ B), norm64((h - mu) / sd)),
+                                 dtype=np.float64)
         return share * max_logit(split)

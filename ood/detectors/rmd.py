@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from .. import stats
+from ..errors import InputError
 from .base import register
-from .mahalanobis import Mahalanobis, pinv_factor
+from .mahalanobis import Mahalanobis, min_sq_distance, pinv_factor
 
 
 @register("rmd")
@@ -22,11 +23,15 @@ class RMD(Mahalanobis):
 
     def fit(self, train):
         super().fit(train)
+        if len(self.classes_) < 2:
+            raise InputError(f"rmd needs train labels of at least two classes: with one ({self.classes_[0]}), its "
+                             f"class and background Gaussians are the same and every score is 0")
         m = stats.moments(train)
         self.background_ = train.memo("background_precision_factor", lambda: pinv_factor(m["gram"] / m["n"]))
         return self
 
     def score(self, split):
         L0, mu = split.tensor(self.background_), split.tensor(self.center_)
-        md0 = split.map_blocks(lambda lo, hi, h: torch.square((h - mu) @ L0).sum(1), dtype=np.float64)
+        zero = torch.zeros((1, L0.shape[1]), dtype=L0.dtype, device=L0.device)
+        md0 = split.map_blocks(lambda lo, hi, h: min_sq_distance(h, mu, L0, zero, zero[0, :1]), dtype=np.float64)
         return super().score(split) + md0

@@ -30,6 +30,12 @@ def kept(D: int, percentile: float) -> int:
     return D - int(np.round(D * percentile / 100.0))
 
 
+def sum_ratio(s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """s1 / s2, and 0 where s2 = 0: a zero row (s1 = s2 = 0) is scaled by exp(0) = 1, and since the scale
+    multiplies that zero row, its logits are b whatever the scale (0 / 0 would make them NaN)."""
+    return torch.where(s2 != 0, s1 / torch.where(s2 != 0, s2, torch.ones_like(s2)), torch.zeros_like(s1))
+
+
 def prune(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row with all but its k largest elements zeroed, the indices kept, the kept values)."""
     v, i = torch.topk(h, k, dim=1)
@@ -71,7 +77,7 @@ class ASHS(_Percentile):
 
     def logits(self, split, h, k):
         p, _, v = prune(h, k)
-        r = h.sum(1) / v.sum(1)
+        r = sum_ratio(h.sum(1), v.sum(1))
         return torch.exp(r)[:, None] * (p @ split.weight.T) + split.bias
 
 
@@ -83,7 +89,7 @@ class SCALE(_Percentile):
         super().__init__(percentile)
 
     def logits(self, split, h, k):
-        r = h.sum(1) / torch.topk(h, k, dim=1).values.sum(1)
+        r = sum_ratio(h.sum(1), torch.topk(h, k, dim=1).values.sum(1))
         return torch.exp(r)[:, None] * (h @ split.weight.T) + split.bias
 
 
@@ -106,6 +112,9 @@ class VRA(Detector):
                              f"{self.percentile_low} and {self.percentile_high}")
         self.low_ = train_clip(train, self.percentile_low / 100.0)
         self.high_ = train_clip(train, self.percentile_high / 100.0)
+        if self.low_ == self.high_:
+            self.note(f"its low and high train percentiles are equal ({self.low_:g}): every feature is clipped to "
+                      f"that value, so every row gets the same score")
         return self
 
     def score(self, split):

@@ -43,9 +43,12 @@ class SHE(Detector):
 
     def fit(self, train):
         self.means_ = correct_class_means(train)
+        if not self.means_.any():
+            self.note("every train class mean is the zero vector: every score is 0")
         return self
 
     def score(self, split):
-        M = split.tensor(self.means_)
+        M = split.tensor(self.means_, dtype=torch.float64)
         pred = torch.as_tensor(predicted(split), device=split.device)
-        return split.map_blocks(lambda lo, hi, h: (h * M[pred[lo:hi]]).sum(1), dtype=np.float64)
+        # in float64: the products of large features overflow float32
+        return split.map_blocks(lambda lo, hi, h: (h.double() * M[pred[lo:hi]]).sum(1), dtype=np.float64)

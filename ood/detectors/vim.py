@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import torch
 
 from .. import stats
 from ..split import Split, fit_key
 from .base import Detector, register
+from .boundary import norm64
 from .logits import energy, gen_from_logits
+from .mahalanobis import check_gram
 from ..errors import InputError
 
 
@@ -24,13 +25,16 @@ def default_dim(D: int) -> int:
     return 1000 if D >= 2048 else 512 if D >= 768 else D // 2
 
 
-def null_space(train: Split, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(u, NS): the ViM origin and the residual eigenvectors [D, D - dim], memoised on the train split."""
+def null_space(train: Split, dim: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(u, NS, rank): the ViM origin, the residual eigenvectors [D, D - dim] and the rank of the covariance
+    about u (eigenvalues above pinvh's cutoff), memoised on the train split."""
     def compute():
         W = train.head.weight.astype(np.float64)
         u = -np.linalg.pinv(W) @ train.head.bias.astype(np.float64)
         eig = train.memo("vim_eig", lambda: stats.eigh_desc(stats.scatter_about(train, u) / train.n))
-        return u, np.ascontiguousarray(eig[1][:, dim:])
+        vals = eig[0]
+        rank = int((vals > vals.size * np.finfo(np.float64).eps * max(vals[0], 0.0)).sum())
+        return u, np.ascontiguousarray(eig[1][:, dim:]), rank
     if not 0 <= dim < train.dim:
         raise InputError(f"vim dim must be in [0, {train.dim}) for features of width {train.dim}, got {dim}")
     return train.memo(("vim_null_space", dim), compute)
@@ -40,8 +44,7 @@ def residual_norm(split: Split, train: Split, dim: int, u: np.ndarray, NS: np.nd
     """||(h - u) NS|| for every row of ``split``, memoised per residual space (the train split and dim)."""
     def compute():
         u_t, ns_t = split.tensor(u), split.tensor(NS)
-        return split.map_blocks(lambda lo, hi, h: torch.linalg.vector_norm((h - u_t) @ ns_t, dim=1),
-                                dtype=np.float64)
+        return split.map_blocks(lambda lo, hi, h: norm64((h - u_t) @ ns_t), dtype=np.float64)
     return split.memo(fit_key("vim_residual", train, dim), compute)
 
 
@@ -51,7 +54,11 @@ class _ResidualSpace(Detector):
 
     def fit(self, train):
         self.dim_ = default_dim(train.dim) if self.dim is None else int(self.dim)
-        self.u_, self.NS_ = null_space(train, self.dim_)
+        check_gram(train, stats.moments(train))
+        self.u_, self.NS_, self.rank_ = null_space(train, self.dim_)
+        if self.dim_ < self.rank_ < train.dim:
+            self.note(f"the train covariance about u has rank {self.rank_} of {train.dim}: {train.dim - self.rank_} "
+                      f"of the {train.dim - self.dim_} residual directions have no train variance")
         self.train_ = train
         return self
 
@@ -65,6 +72,10 @@ class ViM(_ResidualSpace):
 
     def fit(self, train):
         super().fit(train)
+        if self.rank_ <= self.dim_:
+            raise InputError(f"the train covariance about u has rank {self.rank_}, no more than vim.dim = "
+                             f"{self.dim_}: the residual is 0 on every train row and alpha is undefined; set "
+                             f"vim.dim below {self.rank_}")
         self.alpha_ = stats.logit_stats(train)["max_logit"].mean() / self.residual(train).mean()
         return self
 
