@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import pickle
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 
 from .cli import add_run_options, run_main, stderr_log
 from .data import LIST_FORMATS
-from .errors import FeatureFileError, ImageError, InputError
+from .errors import FeatureFileError, ImageError, InputError, ParameterError
 from .fileio import PARTIAL_SUFFIX, atomic_path, check_writable
 
 if TYPE_CHECKING:  # torch, h5py and the backbones load on first use, so --help answers at once
@@ -274,9 +275,19 @@ class ModelSpec:
     std: Optional[tuple] = None
 
     def check(self):
-        """Refuse a run whose weights nobody chose: random weights need ``random_init``."""
+        """Refuse a run whose weights nobody chose (random weights need ``random_init``) and preprocessing
+        values that would give NaN or empty images."""
         if not self.model:
             raise InputError("a model name is required")
+        if self.resize is not None and self.resize < 1:
+            raise ParameterError(f"--resize must be a positive image size, got {self.resize}")
+        if self.num_classes is not None and self.num_classes < 0:
+            raise ParameterError(f"--num_classes must be 0 (no head) or more, got {self.num_classes}")
+        for name, values in (("--mean", self.mean), ("--std", self.std)):
+            if values is not None and not all(math.isfinite(v) for v in values):
+                raise ParameterError(f"{name} must be finite numbers, got {list(values)}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ParameterError(f"--std must be positive, got {list(self.std)}")
         chosen = bool(self.checkpoint) + bool(self.pretrained) + bool(self.random_init)
         if chosen == 0:
             raise InputError(f"{self.model}: neither --checkpoint nor --pretrained was given, so its weights would be "
@@ -370,10 +381,12 @@ def extract_features(data_root, out, spec: ModelSpec, *, img_list=None, list_for
     out = Path(out)
     if batch < 1:
         raise InputError(f"--batch must be at least 1, got {batch}")
+    if workers is not None and workers < 0:
+        raise ParameterError(f"--workers must be 0 (decode on threads) or more, got {workers}")
     spec.check()
+    check_writable(out, "feature file")
     if out.exists() and not overwrite:
         raise FeatureFileError(f"{out}: exists already; pass --overwrite to replace it")
-    check_writable(out, "feature file")
     data = load_inputs(data_root, img_list, list_format, labels)
     if img_list and list_format == "auto":
         log(f"{img_list}: read as a {data.format!r} list (auto-detected; --list_format to choose another)")
