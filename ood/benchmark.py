@@ -128,6 +128,7 @@ def run_benchmark(fc, train, test, oods: Sequence, methods=None, params: Optiona
 
 def build_parser() -> argparse.ArgumentParser:
     from .metrics import FPR_CONVENTIONS
+    from .report import add_report_options
 
     p = argparse.ArgumentParser(
         prog="benchmark.py",
@@ -163,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the records and the run's provenance as JSON")
     p.add_argument("--csv", help="write one record per (method, dataset) as CSV")
     p.add_argument("--format", choices=("table", "markdown", "latex"), default="table", help="printed table")
-    p.add_argument("--plots", metavar="DIR", help="write per-detector score histograms and ROC curves")
+    p.add_argument("--plots", metavar="DIR", help="write per-detector score histograms and ROC curves, and an "
+                                                  "overview figure across detectors")
+    add_report_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--protocol", choices=("standard", "sood"), default="standard",
                    help="sood: files are fc, train_iid, [IID test], shifted sets (easy, hard); reports accuracy "
@@ -188,6 +191,10 @@ def main(argv=None) -> int:
                 check_writable(path, what)
         if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
             raise InputError(f"{args.plots}: --plots needs a directory, and this is a file")
+        if args.protocol == "standard":
+            from .report import check_report_options
+            check_report_options([Path(f).stem for f in args.ood_features], args.near, args.far, args.sort,
+                                 args.bootstrap)
         load_plugins(args.plugin)
         from .detectors import parse_param_args
 
@@ -209,10 +216,8 @@ def main(argv=None) -> int:
                                command=command)
         from . import report
 
-        print(report.format_table(result, args.format))
-        report.write_outputs(result, json_path=args.json, csv_path=args.csv)
-        if args.plots:
-            from . import plots
-            plots.write_plots(result, args.plots)
+        report.publish(result, args.format, json_path=args.json, csv_path=args.csv, plots=args.plots,
+                       plot_format=args.plot_format, near=args.near, far=args.far, sort=args.sort,
+                       bootstrap=args.bootstrap, seed=args.bootstrap_seed, log=log, show=print)
         return 0
     return run_main(go)

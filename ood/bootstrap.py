@@ -155,18 +155,18 @@ def intervals(id_scores, ood_scores, n: int = 1000, seed: int = 0, fpr: str = "v
 
 def result_intervals(result, n: int = 1000, seed: int = 0, groups: Optional[Dict[str, Sequence[str]]] = None,
                      level: float = LEVEL) -> Dict[str, Dict[str, dict]]:
-    """Intervals for every detector of a benchmark result, per OOD set, for the mean over the sets and for the
-    mean of each group of ``groups`` (e.g. ``{"near": [...], "far": [...]}``), under the result's FPR
-    convention: ``{method: {column: {"auroc": (lo, hi), "fpr95": (lo, hi)}}}``, columns being the set names,
-    ``"mean"`` and the group names. What a detector could not score (a set, or all) has no interval, nor do the
-    means over it."""
+    """Intervals for every detector of a benchmark result, under the result's FPR convention, per OOD set, for
+    the mean over all sets and for the mean of each group of ``groups`` (e.g. ``{"near": [...], "far":
+    [...]}``): ``{method: {"sets": {set: {"auroc": (lo, hi), "fpr95": (lo, hi)}}, "means": {"all": {...},
+    group: {...}}}}``. What a detector could not score (a set, or all) has no interval, nor do means over it."""
     out = {}
     for method, scores in result.scores.items():
         per_set = {name: resample(scores["id"], scores[name], n, seed, result.fpr, ood_stream=i + 1)
                    for i, name in enumerate(result.datasets) if name in scores}
-        cols = dict(per_set)
-        for col, names in [("mean", result.datasets), *(groups or {}).items()]:
+        means = {}
+        for col, names in [("all", result.datasets), *(groups or {}).items()]:
             if names and all(name in per_set for name in names):
-                cols[col] = {k: np.mean([per_set[s][k] for s in names], axis=0) for k in ("auroc", "fpr95")}
-        out[method] = {col: {k: percentile_interval(v, level) for k, v in r.items()} for col, r in cols.items()}
+                means[col] = {k: np.mean([per_set[s][k] for s in names], axis=0) for k in ("auroc", "fpr95")}
+        out[method] = {part: {col: {k: percentile_interval(v, level) for k, v in r.items()} for col, r in d.items()}
+                       for part, d in (("sets", per_set), ("means", means))}
     return out

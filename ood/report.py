@@ -89,12 +89,23 @@ def parse_groups(datasets: Sequence[str], near=None, far=None) -> Dict[str, List
 
 @dataclass
 class Column:
-    """A pair of table columns (AUROC, FPR95): one OOD set, or the mean over ``sets``."""
+    """A pair of table columns (AUROC, FPR95): one OOD set (``kind`` "set"), the mean of a group ("group") or
+    the mean of all sets ("all"). ``key`` = (kind, name) never collides, whatever the sets are called."""
 
-    key: str  # the set name, a group name or "mean"
+    kind: str
+    name: str  # the set name, the group name, or "all"
     label: str  # in the header
     sets: List[str]
     group: Optional[str] = None  # the group a column belongs to (LaTeX header), None when ungrouped
+
+    @property
+    def key(self) -> tuple:
+        return self.kind, self.name
+
+    @property
+    def id(self) -> str:
+        """How options and CSV files name the column: the set name, ``<group>_mean`` or ``mean``."""
+        return self.name if self.kind == "set" else f"{self.name}_mean" if self.kind == "group" else "mean"
 
 
 def table_columns(datasets: Sequence[str], groups: Optional[Dict[str, List[str]]] = None) -> List[Column]:
@@ -102,12 +113,19 @@ def table_columns(datasets: Sequence[str], groups: Optional[Dict[str, List[str]]
     groups = groups or {}
     cols = []
     for group, names in groups.items():
-        cols += [Column(n, n, [n], group) for n in names]
-        cols.append(Column(group, f"{group.capitalize()} mean", list(names), group))
+        cols += [Column("set", n, n, [n], group) for n in names]
+        cols.append(Column("group", group, f"{group.capitalize()} mean", list(names), group))
     grouped = {n for names in groups.values() for n in names}
-    cols += [Column(n, n, [n]) for n in datasets if n not in grouped]
-    cols.append(Column("mean", "Mean", list(datasets)))
+    cols += [Column("set", n, n, [n]) for n in datasets if n not in grouped]
+    cols.append(Column("all", "all", "Mean", list(datasets)))
     return cols
+
+
+def column_interval(intervals: Optional[dict], method: str, column: Column) -> dict:
+    """The bootstrap intervals of one table cell pair from :func:`ood.bootstrap.result_intervals` output."""
+    per = (intervals or {}).get(method, {})
+    return (per.get("sets", {}).get(column.name) if column.kind == "set"
+            else per.get("means", {}).get(column.name)) or {}
 
 
 def table_values(result, columns: Sequence[Column]) -> Dict[str, Dict[str, dict]]:
@@ -126,20 +144,21 @@ def table_values(result, columns: Sequence[Column]) -> Dict[str, Dict[str, dict]
 
 def _sort_keys(columns: Sequence[Column]) -> dict:
     keys = {"method": None, "name": None}
-    for c in columns:
+    for c in sorted(columns, key=lambda c: c.kind == "set"):  # a set's own name wins over a mean's alias
         for metric, (head, _) in TABLE_METRICS.items():
-            for alias in (f"{c.label} {head}", f"{c.key}.{metric}", f"{c.key}_{metric}", f"{c.key} {metric}"):
+            for alias in (f"{c.label} {head}", f"{c.id}.{metric}", f"{c.id}_{metric}", f"{c.id} {metric}"):
                 keys[alias.lower()] = (c.key, metric)
     return keys
 
 
 def sort_methods(values: dict, columns: Sequence[Column], sort: str) -> List[str]:
     """Methods ordered by a column, best first (AUROC high to low, FPR95 low to high, names A to Z); missing
-    values last. ``sort``: ``method``, ``<set or group or mean>.<auroc|fpr95>`` or a header ("Mean AUROC")."""
+    values last. ``sort``: ``method``, ``<set>.<auroc|fpr95>``, ``near_mean.auroc``, ``mean.fpr95`` or a header
+    ("Mean AUROC")."""
     keys = _sort_keys(columns)
     want = sort.strip().lower()
     if want not in keys:
-        choices = ["method"] + [f"{c.key}.{m}" for c in columns for m in TABLE_METRICS]
+        choices = ["method"] + [f"{c.id}.{m}" for c in columns for m in TABLE_METRICS]
         raise InputError(f"--sort {sort}: no such column; choose from {', '.join(choices)}")
     methods = list(values)
     if keys[want] is None:
@@ -155,7 +174,7 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
 
-def _best(values: dict, methods: Sequence[str], col: str, metric: str) -> Optional[str]:
+def _best(values: dict, methods: Sequence[str], col: tuple, metric: str) -> Optional[str]:
     """The best displayed value of a column (ties at 2 decimals are all best)."""
     shown = [round(100 * values[m][col][metric], 2) for m in methods if values[m][col][metric] is not None]
     if not shown:
@@ -227,7 +246,7 @@ def _latex_header(columns: Sequence[Column], groups: dict) -> list:
         lines.append(" & ".join([""] + [rf"\multicolumn{{{s}}}{{c}}{{{_escape_latex(t)}}}" if t else " & ".join([""] * s)
                                         for t, s in cells[1:]]) + r" \\")
         lines.append(" ".join(rules))
-    labels = [("Mean" if c.key == c.group else "Mean (all)" if groups and c.key == "mean" else c.label)
+    labels = [("Mean" if c.kind == "group" else "Mean (all)" if groups and c.kind == "all" else c.label)
               for c in columns]
     lines.append(" & ".join(["Method"] + [rf"\multicolumn{{2}}{{c}}{{{_escape_latex(t)}}}" for t in labels]) + r" \\")
     lines.append(" ".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(columns))))
@@ -258,7 +277,7 @@ def format_table(result, fmt: str = "table", near=None, far=None, sort: Optional
         for c in columns:
             for metric in TABLE_METRICS:
                 v = values[method][c.key][metric]
-                ci = (intervals or {}).get(method, {}).get(c.key, {}).get(metric)
+                ci = column_interval(intervals, method, c).get(metric)
                 cells.append(_cell(v, ci, fmt, bold_best and v is not None and _pct(v) == best[c.key, metric]))
         rows.append(cells)
     pre = _preamble(result, groups, bootstrap if intervals else None)
@@ -285,7 +304,7 @@ def records(result, intervals: Optional[dict] = None) -> list:
         rec = {**{k: r.get(k) for k in RECORD_KEYS}, "fpr_convention": result.fpr,
                "params": params.get(r["method"], {}), "note": r.get("note")}
         if intervals is not None:
-            ci = intervals.get(r["method"], {}).get(r["dataset"], {})
+            ci = intervals.get(r["method"], {}).get("sets", {}).get(r["dataset"]) or {}
             rec.update({f"{m}_ci": list(ci[m]) if m in ci else None for m in TABLE_METRICS})
         out.append(rec)
     return out
@@ -314,7 +333,7 @@ def json_text(result, intervals: Optional[dict] = None, groups: Optional[dict] =
               bootstrap: Optional[dict] = None) -> str:
     """The JSON of a result: its records, notes, provenance (inputs, versions, command, date), the OOD groups
     and, with a bootstrap, its settings and the intervals of every table column (means included)."""
-    obj = {"records": records(result, intervals), "notes": result.notes,
+    obj = {"records": records(result, intervals), "notes": result.notes, "id_accuracy": result.accuracy,
            "provenance": getattr(result, "provenance", {}) or {}}
     if groups:
         obj["groups"] = groups
@@ -353,6 +372,65 @@ def write_outputs(result, json_path=None, csv_path=None, intervals: Optional[dic
     write_texts(texts)
 
 
+def add_report_options(p: argparse.ArgumentParser):
+    """The benchmark's table, interval and figure options: ``--near``, ``--far``, ``--sort``, ``--bootstrap``,
+    ``--bootstrap_seed``, ``--plot_format``."""
+    p.add_argument("--near", metavar="SETS", help="comma list of near-OOD sets (file stems): grouped, with their mean")
+    p.add_argument("--far", metavar="SETS", help="comma list of far-OOD sets (file stems): grouped, with their mean")
+    p.add_argument("--sort", metavar="COLUMN", help="sort the table by a column, best first: method, mean.auroc, "
+                                                    "near_mean.fpr95, <set>.auroc, ... (default: the run's order)")
+    p.add_argument("--bootstrap", type=int, metavar="N", help="95%% intervals of AUROC and FPR95 from N resamples "
+                   "of the ID and OOD scores (the scores are fixed; e.g. 1000)")
+    p.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the resamples (default 0)")
+    p.add_argument("--plot_format", choices=("png", "pdf", "svg"), default="png",
+                   help="file format of --plots (pdf, svg: vector); default png")
+
+
+def check_report_options(datasets: Sequence[str], near=None, far=None, sort: Optional[str] = None,
+                         bootstrap: Optional[int] = None):
+    """Refuse bad table options before any expensive work: unknown sets in the groups, an unknown sort column,
+    fewer than one resample. ``datasets``: the OOD set names the run will have (the files' stems)."""
+    groups = parse_groups(datasets, near, far)
+    if sort:
+        sort_methods({}, table_columns(datasets, groups), sort)
+    if bootstrap is not None and bootstrap < 1:
+        raise InputError(f"--bootstrap {bootstrap}: the number of resamples must be at least 1")
+
+
+def publish(result, fmt: str = "table", json_path=None, csv_path=None, plots=None, plot_format: str = "png",
+            near=None, far=None, sort: Optional[str] = None, bootstrap: Optional[int] = None, seed: int = 0,
+            log=None, show=None) -> str:
+    """Everything a run reports: bootstrap intervals (``bootstrap`` resamples, if asked), the table (handed to
+    ``show``, e.g. ``print``, before any file is written), the JSON and CSV (both written or neither), the
+    figures under ``plots``. Returns the table."""
+    import time
+
+    groups = parse_groups(result.datasets, near, far)
+    intervals = settings = None
+    if bootstrap:
+        from . import bootstrap as boot
+
+        tic = time.perf_counter()
+        settings = {"resamples": bootstrap, "seed": seed, "level": boot.LEVEL,
+                    "method": "percentile; ID and OOD scores resampled separately; scores fixed"}
+        intervals = boot.result_intervals(result, bootstrap, seed, groups)
+        if log:
+            log(f"bootstrap: {bootstrap} resamples in {time.perf_counter() - tic:.1f} s")
+    table = format_table(result, fmt, near=near, far=far, sort=sort, intervals=intervals, bootstrap=settings)
+    if show:
+        show(table)
+    write_outputs(result, json_path=json_path, csv_path=csv_path, intervals=intervals, groups=groups,
+                  bootstrap=settings)
+    if plots:
+        from . import plots as plotting
+
+        tic = time.perf_counter()
+        written = plotting.write_plots(result, plots, fmt=plot_format, near=near, far=far)
+        if log:
+            log(f"plots: {len(written)} files in {plots} in {time.perf_counter() - tic:.1f} s")
+    return table
+
+
 @dataclass
 class LoadedResult:
     """A result read back from its JSON: what tables and comparisons need (no scores)."""
@@ -366,6 +444,7 @@ class LoadedResult:
     provenance: dict = field(default_factory=dict)
     groups: Dict[str, List[str]] = field(default_factory=dict)
     path: str = ""
+    bootstrap: dict = field(default_factory=dict)  # settings and "intervals", when the run had --bootstrap
 
 
 def load_result(path) -> LoadedResult:
@@ -385,9 +464,10 @@ def load_result(path) -> LoadedResult:
         raise InputError(f"{path}: records of several FPR conventions ({', '.join(sorted(conventions))})")
     prov = obj.get("provenance") or {}
     fpr = conventions.pop() if conventions else prov.get("fpr_convention", "vim")
-    return LoadedResult(recs, list(dict.fromkeys(r["dataset"] for r in recs)), fpr, prov.get("id_accuracy"),
+    accuracy = obj.get("id_accuracy", prov.get("id_accuracy"))
+    return LoadedResult(recs, list(dict.fromkeys(r["dataset"] for r in recs)), fpr, accuracy,
                         list(obj.get("notes") or []), {r["method"]: r.get("params") or {} for r in recs}, prov,
-                        obj.get("groups") or {}, str(path))
+                        obj.get("groups") or {}, str(path), obj.get("bootstrap") or {})
 
 
 def run_labels(paths: Sequence) -> List[str]:
@@ -491,10 +571,11 @@ def compare_csv(results: Sequence, labels: Sequence[str], metrics: Sequence[str]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["method", "column", "metric", "run", "value", "diff"])
+    ids = {c.key: c.id for c in cmp["columns"]}
     for (m, col, metric), vs in cmp["values"].items():
         diffs = [0.0 if vs[0] is not None else None] + cmp["diffs"][m, col, metric]
         for lab, v, d in zip(labels, vs, diffs):
-            w.writerow([m, col, metric, lab, "" if v is None else repr(v), "" if d is None else repr(d)])
+            w.writerow([m, ids[col], metric, lab, "" if v is None else repr(v), "" if d is None else repr(d)])
     return buf.getvalue()
 
 
@@ -509,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--csv", help="also write the comparison as long CSV (method, column, metric, run, value, diff)")
     t = sub.add_parser("table", help="the table of one run again, grouped, sorted or in another format")
     t.add_argument("result", help="a JSON file of benchmark.py --json")
-    t.add_argument("--sort", help="column to sort by, best first: method, mean.auroc, <set>.fpr95, near.auroc, ...")
+    t.add_argument("--sort", help="column to sort by, best first: method, mean.auroc, <set>.fpr95, near_mean.auroc, "
+                                  "...")
     t.add_argument("--no_bold", action="store_true", help="no bold best values")
     for q in (c, t):
         q.add_argument("--format", choices=FORMATS, default="table")
@@ -540,7 +622,10 @@ def main(argv=None) -> int:
         near, far = args.near, args.far
         if near is None and far is None:
             near, far = res.groups.get("near"), res.groups.get("far")
-        print(format_table(res, args.format, near=near, far=far, sort=args.sort, bold_best=not args.no_bold))
+        intervals = res.bootstrap.get("intervals")
+        settings = {k: v for k, v in res.bootstrap.items() if k != "intervals"}
+        print(format_table(res, args.format, near=near, far=far, sort=args.sort, bold_best=not args.no_bold,
+                           intervals=intervals, bootstrap=settings))
         return 0
     return run_main(go)
 
