@@ -100,7 +100,8 @@ def test_meta_figures_predictions_and_models(tmp_path, capsys):
 
 def test_linear_model_saved_as_coefficients(tmp_path):
     store = make_store(tmp_path / "s.h5", n=10, seed=1)
-    report = meta.run_meta(store, families=["linear"], folds=3, model_out=tmp_path / "lin.json")
+    report = meta.run_meta(store, families=["linear"], folds=3, model_out=tmp_path / "lin.skops")
+    assert report["model_file"] == str(tmp_path / "lin.json") and not (tmp_path / "lin.skops").exists()
     saved = json.loads((tmp_path / "lin.json").read_text())
     table = read_segments(store)
     assert report["predicted_with"] == "linear" and saved["family"] == "linear"

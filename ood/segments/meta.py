@@ -14,7 +14,8 @@ beside them. Segments without an IoU (only ignored ground truth) are left out of
 The out-of-fold IoU predictions of the chosen family (clipped to [0, 1]) are written back as
 ``segments/iou_pred``; segments without an IoU get the prediction of the model fit on all segments, which is
 saved: a ``linear`` model as plain JSON (column names, standardisation, coefficients), a ``gb`` model with
-skops (``.skops``; a zip of JSON and arrays, never pickle), and ``--apply`` uses it on another store.
+skops (``.skops``; a zip of JSON and arrays, never pickle); the file's suffix follows the family, and
+``--apply`` uses it on another store.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -165,6 +166,11 @@ def save_model(path, family: str, columns: Sequence[str], clf, reg, **info):
                   "classifier": clf, "regressor": reg}, tmp)
 
 
+def model_path(path, family: str) -> Path:
+    """``path`` with the suffix of the family's format (``.json`` for linear, ``.skops`` for gb)."""
+    return Path(path).with_suffix(".json" if family == "linear" else ".skops")
+
+
 def predict_saved(path, table) -> np.ndarray:
     """Predicted IoU of every segment of ``table`` with a model written by :func:`save_model`."""
     path = Path(path)
@@ -230,7 +236,8 @@ def run_meta(store, *, families: Sequence[str] = FAMILIES, use: str = "best", fo
                                "training needs a store written with masks (use --apply MODEL to predict)")
     if BASELINE not in table.columns:
         raise FeatureFileError(f"{store}: the segment table has no {BASELINE!r} column")
-    for path, what in ((json_out, "JSON report"), (model_out, "meta model")):
+    for path, what in ((json_out, "JSON report"), *((model_path(model_out, f), "meta model") for f in families
+                                                    if model_out)):
         if path:
             check_writable(path, what)
     if write:
@@ -247,6 +254,8 @@ def run_meta(store, *, families: Sequence[str] = FAMILIES, use: str = "best", fo
     if (~has).any():
         iou_pred[~has] = reg.predict(table.metrics[~has].astype(np.float64))
     iou_pred = np.clip(iou_pred, 0, 1)
+    if model_out:
+        model_out = model_path(model_out, family)
     report = {"store": str(store), "segments": len(table), "segments_with_iou": int(has.sum()),
               "images": int(len(np.unique(groups))), "folds": result.folds, "seed": seed, "gb_iter": gb_iter,
               "rows": result.rows,
@@ -281,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "predicted IoU back into the store (segments/iou_pred).")
     p.add_argument("store", help="segmentation store written by segment_images.py (with --segments)")
     p.add_argument("--json", dest="json_out", help="write the figures here")
-    p.add_argument("--model_out", help="save the model fit on all segments (linear: .json coefficients; "
-                                       "gb: .skops)")
+    p.add_argument("--model_out", help="save the model fit on all segments: linear as .json coefficients, gb "
+                                       "as .skops (the suffix follows the family written)")
     p.add_argument("--families", default=",".join(FAMILIES), help="comma list of linear, gb")
     p.add_argument("--use", default="best", help="family whose predictions are written (default: best R²)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds by image")
@@ -316,5 +325,7 @@ def main(argv=None) -> int:
         print("\n".join(format_rows(report["rows"], args.format)))
         if not args.no_write:
             log(f"{args.store}: segments/iou_pred written ({report['predicted_with']}, out of fold)")
+        if report["model_file"]:
+            log(f"{report['model_file']}: the {report['predicted_with']} model fit on all segments")
         return 0
     return run_main(go)

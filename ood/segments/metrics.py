@@ -107,17 +107,22 @@ class ImageSegments:
 def label_segments(pred: np.ndarray):
     """Connected components (8-connectivity) of each predicted class: ``(ids, seg_class)`` with ids 1..n
     numbered class by class (int32 [H, W]) and the class of each segment (int64 [n])."""
-    flat = pred.reshape(-1)
-    present = np.flatnonzero(np.bincount(flat))
+    boxes = _boxes(pred)
     local = np.zeros(pred.shape, np.int32)
-    lab = np.empty(pred.shape, np.int32)
-    counts = np.zeros(int(flat.max()) + 1 if flat.size else 1, np.int64)
-    for c in present:
-        counts[c] = ndimage.label(pred == c, _STRUCT8, output=lab)
-        local += lab
+    counts = np.zeros(max(len(boxes), 1), np.int64)
+    for c, box in enumerate(boxes):  # each class labelled inside its bounding box
+        if box is not None:
+            lab, counts[c] = ndimage.label(pred[box] == c, _STRUCT8)
+            local[box] += lab
     offset = (np.cumsum(counts) - counts).astype(np.int32)
     ids = local + offset[pred]
     return ids, np.repeat(np.arange(len(counts)), counts)
+
+
+def _boxes(labels: np.ndarray) -> list:
+    """The bounding box (a pair of slices) of each value 0..max of a non-negative int map, None if absent."""
+    small = labels.astype(np.int32) if labels.dtype.itemsize > 4 else labels
+    return ndimage.find_objects(small + 1) if small.size else []
 
 
 def boundary(pred: np.ndarray) -> np.ndarray:
@@ -161,6 +166,15 @@ def _bbox(ids: np.ndarray, edge: np.ndarray, n: int) -> np.ndarray:
     return box
 
 
+def _class_sums(probs: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
+    """[C, n] sums of each class probability over each segment (torch's threaded index_add, float32)."""
+    import torch
+
+    flat = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32).reshape(len(probs), -1))
+    out = torch.zeros(len(probs), n, dtype=torch.float32)
+    return out.index_add_(1, torch.from_numpy(idx.astype(np.int64, copy=False)), flat).double().numpy()
+
+
 def adjusted_iou(ids: np.ndarray, seg_class: np.ndarray, pred: np.ndarray, gt: np.ndarray,
                  valid: np.ndarray) -> np.ndarray:
     """MetaSeg's IoU_adj of every segment (see the module docstring); NaN for a segment with no valid pixel."""
@@ -169,16 +183,20 @@ def adjusted_iou(ids: np.ndarray, seg_class: np.ndarray, pred: np.ndarray, gt: n
     gt_f, pred_f, valid_f = gt.reshape(-1), pred.reshape(-1), valid.reshape(-1)
     inter = np.bincount(k[(gt_f == pred_f) & valid_f], minlength=n).astype(np.float64)
     union = np.bincount(k[valid_f], minlength=n).astype(np.float64)
-    gt_ids = np.flatnonzero(np.bincount(gt_f[valid_f & (gt_f >= 0)].astype(np.int64)))
-    for c in np.intersect1d(gt_ids, np.unique(seg_class)):
-        mask = gt == c
-        glab, ng = ndimage.label(mask, _STRUCT8)
-        glab = glab.reshape(-1)
-        hit = mask.reshape(-1) & (pred_f == c)
+    classes = np.unique(seg_class)
+    both = np.where(valid & (gt >= 0) & (gt <= classes[-1]), gt, -1) if n else np.full(gt.shape, -1)
+    boxes = _boxes(both + 1)[1:] if n else []
+    for c in classes:
+        if c >= len(boxes) or boxes[c] is None:
+            continue
+        box = boxes[c]
+        mask, sub_pred, sub_k = both[box] == c, pred[box], ids[box] - 1
+        hit = mask & (sub_pred == c)
         if not hit.any():
             continue
-        missed = np.bincount(glab[mask.reshape(-1) & (pred_f != c)], minlength=ng + 1).astype(np.float64)
-        pk, pg = _pairs(k[hit], glab[hit], ng + 1)
+        glab, ng = ndimage.label(mask, _STRUCT8)
+        missed = np.bincount(glab[mask & (sub_pred != c)], minlength=ng + 1).astype(np.float64)
+        pk, pg = _pairs(sub_k[hit], glab[hit], ng + 1)
         union += np.bincount(pk, weights=missed[pg], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
@@ -250,8 +268,7 @@ def segment_metrics(probs: np.ndarray, *, pred: Optional[np.ndarray] = None,
                for q, c, a in ((second.sum(1), s_all, mu[0]), (second[:, 0], s_in, mu[1]),
                                (second[:, 1], s_bd, mu[2]))]
         cols += [*mu, mu[0] * s_rel, mu[1] * s_rel_in, *var, var[0] * s_rel, var[1] * s_rel_in]
-    flat = probs.reshape(num, -1)
-    cols += [per_segment(flat[c]) / s_all for c in range(num)]
+    cols += list(_class_sums(probs, idx, n) / s_all)
     yy, xx = _grid((h, w))
     cols += [per_segment(yy) / s_all, per_segment(xx) / s_all]
     cols += [per_segment(np.asarray(s, dtype=np.float64).reshape(-1)) / s_all for s in scores.values()]
