@@ -19,7 +19,7 @@ pixels (MetaSeg's column names):
 A mean over no pixels is 0 (inner part of a thin segment), and S_bd is taken as at least 1 in the ratios (only a
 segment that fills the whole image has no boundary).
 
-The *adjusted IoU* (MetaSeg's IoU_adj, Rottmann et al. Sec. III) of a segment k of class c: with G the union of
+The *adjusted IoU* (MetaSeg's IoU_adj, Rottmann et al.) of a segment k of class c: with G the union of
 the ground-truth segments of class c (8-connected) that intersect k, and Q the pixels of the other predicted
 segments of class c, IoU_adj = |k ∩ G| / |k ∪ (G \\ Q)|, so a ground-truth object split into several predicted
 segments does not penalise each piece for the others. Pixels whose ground truth is an ignore id are left out of
