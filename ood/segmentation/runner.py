@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -156,8 +155,8 @@ def segment(out, data: DataList, data_root, segmenter: Segmenter, *, mask_root=N
             shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=segmenter.device.type == "cuda")
         bar = None
         if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(data), initial=start, unit="img", desc=Path(out).name, file=sys.stderr)
+            from ..progress import Progress
+            bar = Progress(total=len(data), initial=start, unit="img", desc=Path(out).name)
         tic = time.perf_counter()
         for items in loader:
             scores = {d: [] for d in segmenter.detectors}
