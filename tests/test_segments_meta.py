@@ -70,7 +70,8 @@ def test_meta_figures_predictions_and_models(tmp_path, capsys):
     table = read_segments(store)
     assert (table.iou == 0).sum() > 5 and (table.iou > 0).sum() > 5
     rc = segments_main(["meta", str(store), "--json", str(tmp_path / "m.json"), "--model_out",
-                        str(tmp_path / "model.skops"), "--folds", "4", "--use", "gb", "--gb_iter", str(GB_ITER), "--quiet"])
+                        str(tmp_path / "model.skops"), "--folds", "4", "--use", "gb", "--gb_iter", str(GB_ITER),
+                        "--quiet"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "E only (baseline)" in out and "gradient boosting" in out and "AUROC" in out

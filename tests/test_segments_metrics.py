@@ -278,8 +278,8 @@ def test_segment_images_end_to_end(images):
     torch.save(model.state_dict(), ckpt)
     out = images / "seg.h5"
     args = [str(images / "img"), str(out), "lraspp_mobilenet_v3_large", "--num_classes", "3", "--img_list",
-            str(images / "list.txt"), "--list_format", "imagenet_s", "--batch", "2", "--workers", "0", "--device", "cpu",
-            "--quiet", "--checkpoint", str(ckpt), "--detectors", "msp,entropy", "--amp", "off"]
+            str(images / "list.txt"), "--list_format", "imagenet_s", "--batch", "2", "--workers", "0", "--device",
+            "cpu", "--quiet", "--checkpoint", str(ckpt), "--detectors", "msp,entropy", "--amp", "off"]
     assert runner.main(args) == 0
     t = read_segments(out)
     assert t.columns == metric_columns(3, ["msp", "entropy"]) and t.iou is not None
