@@ -553,8 +553,8 @@ class FeatureFile:
         for name, kind in kinds.items():
             if name in h5 and not (isinstance(h5[name], h5py.Dataset) and h5[name].dtype.kind in kind):
                 what = h5[name].dtype if isinstance(h5[name], h5py.Dataset) else "a group"
-                raise _err(path, f"'{name}' must be a dataset of {'strings' if name == 'paths' else 'numbers'}, "
-                                 f"got {what}")
+                kind_name = {"paths": "strings", "labels": "integers"}.get(name, "numbers")
+                raise _err(path, f"'{name}' must be a dataset of {kind_name}, got {what}")
         shape = h5["features"].shape
         if len(shape) != 2 or shape[1] == 0:
             raise _err(path, f"'features' must be [N, D] with D >= 1, got shape {shape}")
