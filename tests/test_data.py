@@ -280,3 +280,37 @@ def test_cli_check_masks_and_errors(tmp_path, capsys):
                            "--list_format", "sood"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert datalists.main(["scan", str(tmp_path / "nothing")]) == 2
+
+
+@pytest.mark.parametrize("lines, fmt", [
+    (["val/n01/a.JPEG 0 328"], "mos_group"),  # read as vim, the path would be 'val/n01/a.JPEG 0'
+    (["n01/a.JPEG n01/a.png"], "imagenet_s"),  # read as vim, two file names glued into one path
+    (["n01/a.JPEG"], "vim"),  # imagenet_s without masks reads the same paths and labels
+    (["dir with space/two 2.jpg 7", "no label here.jpg"], "vim"),
+    (["imagenet21k_train/my dir/b.JPEG 1 cat tabby"], "sood"),  # as sood_seg the image would be 'imagenet21k_train/my'
+    (["a.JPG masks/a_mask.png 4 dog beagle"], "sood_seg"),
+    (["a.jpg 0 3", "b.jpg 7"], "vim"),  # no format fits both lines: the reader then names the bad line
+])
+def test_auto_detection_by_plausible_paths(tmp_path, lines, fmt):
+    path = write(tmp_path, "l.txt", lines)
+    assert detect_format(path) == fmt
+
+
+@pytest.mark.parametrize("lines, formats", [
+    (["n01/a 0 1"], ("vim", "mos_group")),  # 'n01/a 0' label 1, or group 0 index 1 of 'n01/a'
+    (["scans/a b 3 dog x"], ("vim", "sood")),  # no extensions: 'scans/a b' class 3, or no label at all
+    (["img_1 0 12", "img_2 3 4"], ("vim", "mos_group")),
+])
+def test_ambiguous_lists_are_refused_naming_the_line(tmp_path, lines, formats):
+    path = write(tmp_path, "amb.txt", ["", *lines])
+    with pytest.raises(ListFormatError, match=r"amb\.txt:2: .* fits more than one list format") as e:
+        read_list(path)
+    assert all(f in str(e.value) for f in formats) and "--list_format" in str(e.value)
+    assert len(read_list(path, formats[1] if formats[0] == "vim" else formats[0])) == len(lines)
+
+
+def test_read_list_says_which_format_it_read(tmp_path, capsys):
+    path = write(tmp_path, "g.txt", ["val/a.JPEG 0 1"])
+    assert read_list(path).format == "mos_group" and read_list(path, "vim").format == "vim"
+    assert datalists.main(["check", str(path), str(tmp_path)]) == 1
+    assert "format mos_group (auto-detected" in capsys.readouterr().out
