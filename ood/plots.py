@@ -6,13 +6,15 @@ OOD set, with the operating point at that threshold. Across detectors (``overvie
 every detector on every OOD set, detectors sorted by mean AUROC.
 
 Conventions: ID is grey and OOD orange in every histogram; each OOD set has its own colour (never grey or
-orange) in the ROC panels and the overview. Scores are "higher = more ID". When the middle 99 % of one group
-spans under 10 % of the panel's range (ViM or Mahalanobis on far OOD: a spike next to a wide tail), the panel
-switches to a symmetric-log axis, or to pooled ranks when that does not help enough, and says so on the axis.
+orange) in the ROC panels and the overview. Scores are "higher = more ID"; a histogram panel spans the middle
+99 % of the pooled scores and counts each bin in % of its group (no unit of the score in it). When the middle
+90 % of one group fills under 20 % of that range (ViM or Mahalanobis on far OOD: a spike next to a wide tail;
+MSP saturated near 1), the panel switches to a symmetric-log axis, or to pooled ranks when that does not help
+enough, and says so on the axis.
 
 Fast: figures are built with ``matplotlib.figure.Figure`` (no pyplot state, the Agg renderer for PNG), histograms
-are counted with numpy and drawn as two step outlines, ROC curves are cut to a few hundred points along their
-length, and the layout is fixed (no tight_layout pass).
+are counted with numpy and drawn as one step patch per group, ROC curves are cut to a few hundred points along
+their length, the layout is fixed (no tight_layout pass), and one figure is redrawn for every detector.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ PLOT_FORMATS = ("png", "pdf", "svg")
 ID_COLOR, OOD_COLOR = "#595959", "#E69F00"  # histograms: ID grey, OOD orange
 #: one colour per OOD set (ROC curves, overview): colour-blind-safe, none grey or orange
 SET_COLORS = ("#0072B2", "#009E73", "#CC79A7", "#56B4E9", "#7B3294", "#8C564B", "#BCBD22", "#17BECF")
-SQUEEZED = 0.1  # a group whose middle 99 % spans less than this share of the panel's range is squeezed
+SQUEEZED = 0.2  # a group whose middle 90 % spans less than this share of the panel's range is squeezed
 TPR = 0.95
 _RC = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
        "legend.fontsize": 7, "axes.spines.top": False, "axes.spines.right": False, "pdf.fonttype": 42,
@@ -82,17 +84,17 @@ def threshold_at_tpr(id_scores, tpr: float = TPR) -> float:
     return float(np.partition(id_scores, -k)[-k]) if k > 0 else float(id_scores.min())
 
 
-def _spread(x):
-    lo, hi = np.percentile(x, [0.5, 99.5])
+def _spread(x, share: float = 0.99):
+    lo, hi = np.percentile(x, [50 * (1 - share), 50 * (1 + share)])
     return float(lo), float(hi)
 
 
 def _narrow_share(a, b) -> float:
-    """The middle-99 % width of the narrower group over the width of both groups' middle 99 % together."""
-    (la, ha), (lb, hb) = _spread(a), _spread(b)
-    joint = max(ha, hb) - min(la, lb)
-    narrow = min(ha - la, hb - lb)
-    return narrow / joint if joint > 0 and narrow > 0 else 1.0  # a constant group: no axis helps
+    """How much of the panel the narrower group fills: the width of its middle 90 % over the panel's range
+    (the middle 99 % of both groups pooled)."""
+    lo, hi = _spread(np.concatenate([a, b]))
+    narrow = min(np.subtract(*_spread(a, 0.9)[::-1]), np.subtract(*_spread(b, 0.9)[::-1]))
+    return narrow / (hi - lo) if hi > lo and narrow > 0 else 1.0  # a constant group: no axis helps
 
 
 class ScoreAxis:
@@ -117,20 +119,21 @@ class ScoreAxis:
 
     @classmethod
     def choose(cls, id_scores, ood_scores) -> "ScoreAxis":
-        """Linear unless one group is squeezed (its middle 99 % under 10 % of the joint range); then the
-        symmetric-log axis (c = 1, 1/10 or 1/100 of the narrow group's width, whichever spreads it most) if it
-        gives the narrow group at least 5 %; else pooled ranks if they do better than linear."""
+        """Linear unless one group is squeezed (its middle 90 % under 20 % of the panel's range, the pooled
+        middle 99 %); then the symmetric-log axis (c = 1, 1/10 or 1/100 of the narrow group's width, whichever
+        spreads it most) if it gives the narrow group at least 5 % and twice its linear share; else pooled ranks
+        if they do better."""
         share = _narrow_share(id_scores, ood_scores)
         if share >= SQUEEZED:
             return cls("linear")
-        width = min(np.subtract(*_spread(id_scores)[::-1]), np.subtract(*_spread(ood_scores)[::-1]))
+        width = min(np.subtract(*_spread(id_scores, 0.9)[::-1]), np.subtract(*_spread(ood_scores, 0.9)[::-1]))
         best, best_share = None, 0.0
         for c in (width, width / 10, width / 100):
             sym = cls("symlog", c=c)
             s = _narrow_share(sym.to_axis(id_scores), sym.to_axis(ood_scores))
             if s > best_share:
                 best, best_share = sym, s
-        if best_share >= SQUEEZED / 2:
+        if best_share >= max(SQUEEZED / 4, 2 * share):  # a log axis keeps the shapes: preferred when it helps
             return best
         rank = cls("rank", pooled=np.sort(np.concatenate([id_scores, ood_scores])))
         return rank if _narrow_share(rank.to_axis(id_scores), rank.to_axis(ood_scores)) > share else cls("linear")
@@ -164,8 +167,13 @@ class ScoreAxis:
             if len(ticks) >= 2:
                 ax.xaxis.set_major_locator(FixedLocator(self.to_axis(ticks)))
                 ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: _decade(float(self.from_axis(t)))))
-            else:
-                ax.xaxis.set_major_locator(MaxNLocator(4))
+            else:  # under two decades: round score values, kept apart by an eighth of the axis at least
+                cands = MaxNLocator(8).tick_values(a, b)
+                at, kept = self.to_axis(cands), []
+                for v, t in zip(cands, at):
+                    if lo <= t <= hi and (not kept or t - kept[-1][1] >= (hi - lo) / 8):
+                        kept.append((v, t))
+                ax.xaxis.set_major_locator(FixedLocator([t for _, t in kept]))
                 ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{float(self.from_axis(t)):.3g}"))
         else:
             ax.xaxis.set_major_locator(MaxNLocator(4))
@@ -229,7 +237,7 @@ class DetectorFigure:
                 line = ax.axvline(0, color="black", ls="--", lw=0.9,
                                   label=f"threshold keeping {100 * TPR:.0f}% of ID")
                 ax.yaxis.set_major_locator(MaxNLocator(3))
-                ax.set_ylabel("density")
+                ax.set_ylabel("% of the group per bin")
                 self.hist.append((ax, patches, line))
             self.roc = roc = axes[-1]
             roc.plot([0, 1], [0, 1], color="0.6", ls=":", lw=0.8, label="chance")
@@ -246,7 +254,7 @@ class DetectorFigure:
             roc.set_xlabel("FPR (share of OOD accepted)")
             roc.set_ylabel("TPR (share of ID accepted)")
             roc.set_title("ROC (AUROC %)")
-            self.roc_legend = roc.legend(loc="lower right", frameon=False, handlelength=1.4, borderaxespad=0.2)
+            self.roc_legend = roc.legend(loc="best", frameon=False, handlelength=1.4, borderaxespad=0.2)
             self.title = fig.suptitle("", fontsize=9, y=1 - 0.06 / height, va="top")
             if self.datasets:
                 fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, frameon=False,
@@ -269,9 +277,9 @@ class DetectorFigure:
         top = 0.0
         for patch, t in zip(patches, (t_id, t_ood)):
             counts, _ = np.histogram(t, bins=self.bins, range=(lo, hi))
-            density = counts / (t.size * (hi - lo) / self.bins)  # share of the whole group per axis unit
-            patch.set_data(density, edges)
-            top = max(top, float(density.max()))
+            share = 100 * counts / t.size  # of the whole group: outliers out of range count in the total
+            patch.set_data(share, edges)
+            top = max(top, float(share.max()))
         line.set_xdata([thr, thr])
         ax.set_xlim(lo, hi)
         ax.set_ylim(0, 1.05 * top if top > 0 else 1)
