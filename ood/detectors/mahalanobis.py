@@ -30,6 +30,10 @@ def pinv_factor(cov: np.ndarray) -> np.ndarray:
     return vecs[:, keep] / np.sqrt(vals[keep])
 
 
+#: a within-class variance below this share of the total is float32 rounding of a zero covariance
+WITHIN_FLOOR = 1e-6
+
+
 def check_gram(train, m: dict):
     """Refuse train features whose float32 products overflow: their Gram matrix (and so every covariance,
     eigendecomposition and distance derived from it) would hold Inf."""
@@ -38,12 +42,14 @@ def check_gram(train, m: dict):
                          f"overflows, values beyond about 1e17?); scale them down")
 
 
-def rank_note(det, L: np.ndarray, what: str, dim: int):
-    """Refuse a covariance with no variance at all; name one of lower rank than the feature width."""
+def rank_note(det, L: np.ndarray, what: str, dim: int, most: int):
+    """Refuse a covariance with no variance at all; name one of lower rank than the feature width (its rank is
+    at most ``most``, the rows less the means subtracted)."""
     if L.shape[1] == 0:
         raise InputError(f"the {what} is zero (the train features do not vary): every distance would be 0")
-    if L.shape[1] < dim:
-        det.note(f"the {what} has rank {L.shape[1]} of {dim}: the {dim - L.shape[1]} directions without train "
+    rank = min(L.shape[1], most)
+    if rank < dim:
+        det.note(f"the {what} has rank {rank} of {dim}: the {dim - rank} directions without train "
                  f"variance are left out of the distance (pseudo-inverse)")
 
 
@@ -69,9 +75,14 @@ class Mahalanobis(Detector):
         cs = stats.class_stats(train)
         m = stats.moments(train)
         check_gram(train, m)
+        between = float((cs["counts"] * ((cs["means"] - m["mean"]) ** 2).sum(1)).sum())
+        total = float(np.trace(m["gram"]))
+        if total > 0 and total - between <= WITHIN_FLOOR * total:
+            raise InputError(f"the train features do not vary within their classes ({len(cs['classes'])} classes "
+                             f"for {train.n} rows): the tied covariance is zero and every distance would be 0")
         L = train.memo(("within_class_precision_factor", LABELS),
                        lambda: pinv_factor(stats.within_class_scatter(train) / train.n))
-        rank_note(self, L, "tied within-class train covariance", train.dim)
+        rank_note(self, L, "tied within-class train covariance", train.dim, train.n - len(cs["classes"]))
         self.center_ = m["mean"]
         self.L_ = L
         self.v_ = (cs["means"] - m["mean"]) @ L

@@ -21,20 +21,22 @@ from .mahalanobis import check_gram
 from ..errors import InputError
 
 
+#: a residual variance below this share of the total is float32 rounding (measured 1e-9 to 1e-7): alpha divides by ~0
+RESIDUAL_FLOOR = 1e-6
+
+
 def default_dim(D: int) -> int:
     return 1000 if D >= 2048 else 512 if D >= 768 else D // 2
 
 
-def null_space(train: Split, dim: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(u, NS, rank): the ViM origin, the residual eigenvectors [D, D - dim] and the rank of the covariance
-    about u (eigenvalues above pinvh's cutoff), memoised on the train split."""
+def null_space(train: Split, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, NS, eigenvalues): the ViM origin, the residual eigenvectors [D, D - dim] and the eigenvalues of the
+    covariance about u (largest first), memoised on the train split."""
     def compute():
         W = train.head.weight.astype(np.float64)
         u = -np.linalg.pinv(W) @ train.head.bias.astype(np.float64)
         eig = train.memo("vim_eig", lambda: stats.eigh_desc(stats.scatter_about(train, u) / train.n))
-        vals = eig[0]
-        rank = int((vals > vals.size * np.finfo(np.float64).eps * max(vals[0], 0.0)).sum())
-        return u, np.ascontiguousarray(eig[1][:, dim:]), rank
+        return u, np.ascontiguousarray(eig[1][:, dim:]), eig[0]
     if not 0 <= dim < train.dim:
         raise InputError(f"vim dim must be in [0, {train.dim}) for features of width {train.dim}, got {dim}")
     return train.memo(("vim_null_space", dim), compute)
@@ -55,10 +57,17 @@ class _ResidualSpace(Detector):
     def fit(self, train):
         self.dim_ = default_dim(train.dim) if self.dim is None else int(self.dim)
         check_gram(train, stats.moments(train))
-        self.u_, self.NS_, self.rank_ = null_space(train, self.dim_)
-        if self.dim_ < self.rank_ < train.dim:
-            self.note(f"the train covariance about u has rank {self.rank_} of {train.dim}: {train.dim - self.rank_} "
+        self.u_, self.NS_, vals = null_space(train, self.dim_)
+        # rank: eigenvalues above pinvh's cutoff, and at most the number of train rows
+        rank = min(int((vals > vals.size * np.finfo(np.float64).eps * max(vals[0], 0.0)).sum()), train.n)
+        self.residual_share_ = float(np.clip(vals[self.dim_:], 0, None).sum() / max(np.clip(vals, 0, None).sum(),
+                                                                                    np.finfo(np.float64).tiny))
+        if self.dim_ < rank < train.dim:
+            self.note(f"the train covariance about u has rank {rank} of {train.dim}: {train.dim - rank} "
                       f"of the {train.dim - self.dim_} residual directions have no train variance")
+        elif rank <= self.dim_:
+            self.note(f"the train covariance about u has rank {rank} of {train.dim}, no more than dim = {self.dim_}: "
+                      f"no residual direction has train variance (the residual is the distance from the train span)")
         self.train_ = train
         return self
 
@@ -72,10 +81,10 @@ class ViM(_ResidualSpace):
 
     def fit(self, train):
         super().fit(train)
-        if self.rank_ <= self.dim_:
-            raise InputError(f"the train covariance about u has rank {self.rank_}, no more than vim.dim = "
-                             f"{self.dim_}: the residual is 0 on every train row and alpha is undefined; set "
-                             f"vim.dim below {self.rank_}")
+        if self.residual_share_ <= RESIDUAL_FLOOR:
+            raise InputError(f"the train features have no variance outside the {self.dim_} principal directions "
+                             f"(a share of {self.residual_share_:.1e}, float32 noise): the residual is 0 on every "
+                             f"train row and alpha is undefined; set vim.dim below the rank of the train features")
         self.alpha_ = stats.logit_stats(train)["max_logit"].mean() / self.residual(train).mean()
         return self
 
