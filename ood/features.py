@@ -33,6 +33,8 @@ from .fileio import PARTIAL_SUFFIX
 FORMAT = "ood-features"
 VERSION = 1
 CHUNK_ROWS = 1000
+#: chunk cache of a file being written: the chunk of rows being filled stays in memory between batches
+CHUNK_CACHE = 64 * 2**20
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -193,7 +195,7 @@ class RowFileWriter:
             return
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         self.io = WriteGuard(self.tmp, "w+b")
-        self.h5 = h5py.File(self.io, "w")
+        self.h5 = h5py.File(self.io, "w", rdcc_nbytes=CHUNK_CACHE)
         for key, value in new_attrs.items():
             self.h5.attrs[key] = value
         self.h5.attrs.update({"format": self.format, "version": self.version, "complete": False,
@@ -204,7 +206,7 @@ class RowFileWriter:
         """Open the partial file to continue it; False (start over) when it is unreadable and small."""
         self.io = WriteGuard(self.tmp, "r+b")
         try:
-            self.h5 = h5py.File(self.io, "r+")
+            self.h5 = h5py.File(self.io, "r+", rdcc_nbytes=CHUNK_CACHE)
             problem = None if "rows_written" in self.h5.attrs else "it has no rows_written attribute"
         except (OSError, RuntimeError, ValueError) as e:
             self.h5, problem = None, f"not a readable HDF5 file ({e.__class__.__name__})"
@@ -312,6 +314,7 @@ class FeatureWriter(RowFileWriter):
         super().__init__(path, attrs=attrs, resume=resume, overwrite=overwrite, resume_keys=resume_keys)
         self.total = int(total)
         self.extra = tuple(extra)
+        self._open: dict = {}
         if self.resumed:
             self._check_shape(dim, num_classes)
             return
@@ -357,16 +360,23 @@ class FeatureWriter(RowFileWriter):
         lo, hi = self.rows, self.rows + k
         if hi > self.total:
             raise InputError(f"{self.tmp}: {hi} rows would exceed the {self.total} preallocated")
-        self.h5["features"][lo:hi] = features
+        self._dataset("features")[lo:hi] = features
         if logits is not None:
-            self.h5["logits"][lo:hi] = np.asarray(logits, dtype=np.float32)
+            self._dataset("logits")[lo:hi] = np.asarray(logits, dtype=np.float32)
         if labels is not None:
-            self.h5["labels"][lo:hi] = np.asarray(labels, dtype=np.int64)
+            self._dataset("labels")[lo:hi] = np.asarray(labels, dtype=np.int64)
         if len(paths):
-            self.h5["paths"][lo:hi] = list(paths)
+            self._dataset("paths")[lo:hi] = list(paths)
         for name, values in extra.items():
-            self.h5[name][lo:hi] = [str(v) for v in values]
+            self._dataset(name)[lo:hi] = [str(v) for v in values]
         self.commit_rows(hi)
+
+    def _dataset(self, name: str):
+        """The dataset, kept open: its chunk cache then holds the chunk being filled from batch to batch, instead
+        of reading it back from the file for every batch."""
+        if name not in self._open:
+            self._open[name] = self.h5[name]
+        return self._open[name]
 
     def close(self):
         """Trim the row datasets to the rows written, mark complete and rename into place."""
