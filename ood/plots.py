@@ -59,6 +59,22 @@ def roc_points(id_scores, ood_scores):
     return np.r_[0, fps / max(1, len(ood_scores))], np.r_[0, tps / max(1, len(id_scores))]
 
 
+def roc_sampled(sorted_id, sorted_ood, per_group: int = 1000):
+    """Points of the exact ROC curve at about ``per_group`` evenly spaced order statistics of each group as
+    thresholds, from (0, 0) to (1, 1): what a drawing needs, without sorting the pooled scores. Both inputs are
+    sorted ascending (the ID array is sorted once per detector and serves every OOD set).
+
+    >>> fpr, tpr = roc_sampled(np.sort(np.arange(10.0)), np.sort(np.arange(5.0) - 2))
+    >>> float(fpr[0]), float(tpr[0]), float(fpr[-1]), float(tpr[-1])
+    (0.0, 0.0, 1.0, 1.0)
+    """
+    pick = lambda s: s[np.unique(np.linspace(0, s.size - 1, min(per_group, s.size)).astype(int))]  # noqa: E731
+    t = np.unique(np.concatenate([pick(sorted_id), pick(sorted_ood)]))[::-1]  # thresholds, high to low
+    tpr = (sorted_id.size - np.searchsorted(sorted_id, t, "left")) / sorted_id.size  # share >= t
+    fpr = (sorted_ood.size - np.searchsorted(sorted_ood, t, "left")) / sorted_ood.size
+    return np.r_[0.0, fpr, 1.0], np.r_[0.0, tpr, 1.0]
+
+
 def thin_curve(x, y, max_points: int = 400):
     """At most about ``max_points`` points of a monotone curve, evenly spaced along its length (ends kept).
 
@@ -87,6 +103,12 @@ def threshold_at_tpr(id_scores, tpr: float = TPR) -> float:
 def _spread(x, share: float = 0.99):
     lo, hi = np.percentile(x, [50 * (1 - share), 50 * (1 + share)])
     return float(lo), float(hi)
+
+
+def _sample(x, n: int = 5000):
+    """Every k-th score, at most about ``n``: enough for the percentiles that choose an axis."""
+    x = np.asarray(x, dtype=np.float64)
+    return x[:: max(1, x.size // n)]
 
 
 def _narrow_share(a, b) -> float:
@@ -123,6 +145,8 @@ class ScoreAxis:
         middle 99 %); then the symmetric-log axis (c = 1, 1/10 or 1/100 of the narrow group's width, whichever
         spreads it most) if it gives the narrow group at least 5 % and twice its linear share; else pooled ranks
         if they do better."""
+        full = (id_scores, ood_scores)
+        id_scores, ood_scores = _sample(id_scores), _sample(ood_scores)  # percentiles need no more
         share = _narrow_share(id_scores, ood_scores)
         if share >= SQUEEZED:
             return cls("linear")
@@ -135,7 +159,7 @@ class ScoreAxis:
                 best, best_share = sym, s
         if best_share >= max(SQUEEZED / 4, 2 * share):  # a log axis keeps the shapes: preferred when it helps
             return best
-        rank = cls("rank", pooled=np.sort(np.concatenate([id_scores, ood_scores])))
+        rank = cls("rank", pooled=np.sort(np.concatenate(full)))
         return rank if _narrow_share(rank.to_axis(id_scores), rank.to_axis(ood_scores)) > share else cls("linear")
 
     def to_axis(self, x):
@@ -306,10 +330,12 @@ class DetectorFigure:
                     ax.set_title(f"{name}: not scored")
             t = threshold_at_tpr(scores["id"])
             at_t = float(np.mean(scores["id"] >= t))
+            sorted_id = np.sort(scores["id"])
             texts = self.roc_legend.get_texts()
             for i, name in enumerate(self.datasets):
                 got = name in scores
-                self.curves[i].set_data(*(thin_curve(*roc_points(scores["id"], scores[name])) if got else ([], [])))
+                self.curves[i].set_data(*(thin_curve(*roc_sampled(sorted_id, np.sort(scores[name]))) if got
+                                          else ([], [])))
                 self.points[i].set_data(*(([float(np.mean(scores[name] >= t))], [at_t]) if got else ([], [])))
                 auroc = records.get(name, {}).get("auroc")
                 texts[1 + i].set_text(f"{name} ({'n/a' if auroc is None else f'{100 * auroc:.1f}'})")
