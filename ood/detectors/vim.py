@@ -81,11 +81,16 @@ class ViM(_ResidualSpace):
 
     def fit(self, train):
         super().fit(train)
+        r = self.residual(train).mean()
+        if r == 0:
+            raise InputError(f"the train features have no variance outside the {self.dim_} principal directions: "
+                             f"the residual is 0 on every train row and alpha is undefined; set vim.dim below the "
+                             f"rank of the train features")
+        self.alpha_ = stats.logit_stats(train)["max_logit"].mean() / r
         if self.residual_share_ <= RESIDUAL_FLOOR:
-            raise InputError(f"the train features have no variance outside the {self.dim_} principal directions "
-                             f"(a share of {self.residual_share_:.1e}, float32 noise): the residual is 0 on every "
-                             f"train row and alpha is undefined; set vim.dim below the rank of the train features")
-        self.alpha_ = stats.logit_stats(train)["max_logit"].mean() / self.residual(train).mean()
+            self.note(f"the train features have no variance outside the {self.dim_} principal directions (a share of "
+                      f"{self.residual_share_:.1e}, float32 rounding): alpha = {self.alpha_:.3g} comes from that "
+                      f"rounding and the score ranks by the residual alone")
         return self
 
     def score(self, split):
