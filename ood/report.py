@@ -611,6 +611,9 @@ def main(argv=None) -> int:
             labels = _names(args.labels) or run_labels(args.results)
             metrics = _names(args.metrics)
             groups = {"near": args.near, "far": args.far}
+            if args.near is None and args.far is None:  # the first run's own groups, when it was grouped
+                common = set.intersection(*(set(r.datasets) for r in results))
+                groups = {k: [n for n in v if n in common] for k, v in results[0].groups.items() if k in ("near", "far")}
             if args.csv:
                 from .fileio import check_writable
                 check_writable(args.csv, "CSV output")

@@ -237,3 +237,15 @@ def test_benchmark_cli_groups_sort_bootstrap(tmp_path, capsys):
         assert benchmark_main(benchmark_args(tmp_path, *bad)) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and needle in err and len(err.splitlines()) == 1
+
+
+def test_compare_takes_the_first_runs_groups(tmp_path, capsys):
+    a, b = synthetic_result(12), synthetic_result(13, sets=SETS[:3])
+    (tmp_path / "a.json").write_text(report.json_text(a, groups={"near": SETS[:2], "far": SETS[2:]}))
+    pb = write_run(tmp_path / "b.json", b)
+    assert report.main(["compare", str(tmp_path / "a.json"), str(pb), "--metrics", "auroc", "--format", "markdown"]) == 0
+    _, rows = markdown_rows(capsys.readouterr().out)
+    va = {(r["method"], r["dataset"]): r["auroc"] for r in a.records}
+    want = 100 * (va["vim", "ssb_hard"] + va["vim", "ninco"]) / 2
+    assert float(rows["ViM"]["Near mean a"]) == pytest.approx(round(want, 2))
+    assert float(rows["ViM"]["Far mean a"]) == pytest.approx(round(100 * va["vim", "inat"], 2))  # textures: not in b
