@@ -104,6 +104,10 @@ def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict]
                 rec_notes.append(failed[ood.name])
             elif s is not None:
                 rec.update(metrics.evaluate(s["id"], s[ood.name], fpr=fpr))
+                both = np.concatenate([s["id"], s[ood.name]])
+                if both.min() == both.max():
+                    rec_notes.append(f"every ID and {ood.name} score is the same value (saturated): AUROC 50 "
+                                     f"here means no ranking at all")
                 if ood.n == 1:
                     rec_notes.append(f"{ood.name} has one row: FPR95 can only be 0 or 1")
             if rec_notes:

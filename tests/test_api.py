@@ -128,7 +128,17 @@ class FeatureNorm(ood.Detector):
 '''
 
 
-def test_plugin_detector_runs_through_the_cli(tmp_path, capsys):
+@pytest.fixture
+def registry_restored():
+    """The registry as it was before the test: a plugin registered in-process must not leak into later runs."""
+    from ood.detectors import base
+    before = dict(base._REGISTRY)
+    yield
+    base._REGISTRY.clear()
+    base._REGISTRY.update(before)
+
+
+def test_plugin_detector_runs_through_the_cli(tmp_path, capsys, registry_restored):
     d = write_problem(tmp_path)
     plugin = tmp_path / "my_detector.py"
     plugin.write_text(PLUGIN)
