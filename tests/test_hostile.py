@@ -684,8 +684,6 @@ def seg_out_readonly(ctx):
 
 # --------------------------------------------------------------------------------------------- the table
 
-SEGMENTATION = pytest.mark.xfail(strict=False, reason="the error line does not name --bins (issue 14)")
-
 ROWS = [
     # benchmark.py: files
     Row("bench_missing_ood", "benchmark", lambda c: (c.d / "far.h5").unlink() or bench(c.d), names=("far.h5",)),
@@ -817,7 +815,7 @@ ROWS = [
         lambda c: (c.d / "x.h5").write_bytes(np.random.default_rng(2).bytes(3000)) and ["ood", c.d / "x.h5"],
         names=("x.h5",), subprocess=True),
     Row("eval_bins_zero", "evaluate", lambda c: ["ood", seg_store(c), "--mode", "streaming", "--bins", "0",
-                                                 "--quiet"], names=("--bins",), marks=(SEGMENTATION,)),
+                                                 "--quiet"], names=("--bins",)),
     Row("eval_imagenet_s_missing_predictions", "evaluate",
         lambda c: (c.d / "g").mkdir() or ["imagenet_s", "--predict-dir", c.d / "p", "--gt-dir", c.d / "g", "--quiet"],
         names=("{d}/p",)),

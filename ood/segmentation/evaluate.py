@@ -159,6 +159,8 @@ def format_ood(records) -> str:
 
 
 def run_ood(args) -> int:
+    if args.bins < 2:
+        raise InputError(f"--bins must be at least 2, got {args.bins}")
     records = evaluate_ood(args.file, args.detectors.split(",") if args.detectors else None,
                            _ids(args.ood_ids), _ids(args.ignore_ids) or (), args.mode, args.bins, args.range,
                            args.min_pred_size, args.min_gt_size, _thresholds(args.threshold),
