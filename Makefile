@@ -1,11 +1,11 @@
-# Two commands: `make demo` and `make test`. Each builds .venv on first use.
+# Two commands: `make demo` and `make test` (and `make demo-segments`). Each builds .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 EXTRAS := dev,mmpretrain
 
-.PHONY: demo test bench clean
+.PHONY: demo demo-segments test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+demo-segments: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo_segments.sh
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -162,9 +162,8 @@ def train(data_root, train_list, test_list, out, model_name: str = "resnet18", e
     import torch
     import torch.nn.functional as F
     from safetensors.torch import save_file
-    from tqdm import tqdm
-
     from .features import file_sha256
+    from .progress import Progress
 
     with deterministic(seed, threads):
         x_train, y_train = load_split(data_root, train_list, size, limit)
@@ -179,7 +178,7 @@ def train(data_root, train_list, test_list, out, model_name: str = "resnet18", e
         g = torch.Generator().manual_seed(seed)
         log(f"training {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on "
             f"{len(x_train)} images, {num_classes} classes, {epochs} epochs, {threads} threads")
-        bar = tqdm(total=steps, desc="train", unit="batch", file=sys.stderr)
+        bar = Progress(total=steps, desc="train", unit="batch")
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(x_train), generator=g)
@@ -190,7 +189,7 @@ def train(data_root, train_list, test_list, out, model_name: str = "resnet18", e
                 loss.backward()
                 opt.step()
                 sched.step()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                bar.set_postfix_str(f"epoch {epoch + 1} loss {loss.item():.3f}")
                 bar.update()
         bar.close()
         model.eval()

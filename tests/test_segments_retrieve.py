@@ -56,6 +56,8 @@ def test_average_precision_matches_a_loop_over_queries(metric, k, backend):
     full = rt.average_precisions(x, labels, metric=metric, k=k, backend=backend)
     np.testing.assert_allclose(full[queries], want, rtol=1e-6)
     assert 0.3 < np.nanmean(full) < 1  # the blobs are retrievable, the test is not trivial
+    both = rt.average_precisions_by_metric(x, labels, k=k, queries=queries, backend=backend)
+    np.testing.assert_allclose(both[metric], want, rtol=1e-6)
 
 
 def test_ap_ties_count_against_the_query_and_lonely_queries_are_nan():
@@ -124,10 +126,17 @@ def test_clustering_separated_blobs(method):
         rt.cluster(x[:2], 3, method)
 
 
-def test_tsne_is_seeded_and_sample():
-    x, _ = blobs(n=40, d=60)
-    a, b = rt.tsne_2d(x, seed=1), rt.tsne_2d(x, seed=1)
-    assert a.shape == (40, 2) and np.array_equal(a, b)
+@pytest.mark.parametrize("method", ["sklearn", "opentsne"])
+def test_tsne_is_seeded_and_keeps_the_blobs_apart(method):
+    if method == "opentsne":
+        pytest.importorskip("openTSNE")
+    x, labels = blobs(n=60, d=60, classes=3, spread=0.3, seed=2)
+    a, b = rt.tsne_2d(x, seed=1, method=method), rt.tsne_2d(x, seed=1, method=method)
+    assert a.shape == (60, 2) and np.array_equal(a, b)
+    assert np.nanmean(rt.average_precisions(a, labels)) > 0.95
+
+
+def test_sample():
     assert rt.sample(10, 20, 0).tolist() == list(range(10))
     s = rt.sample(100, 7, 0)
     assert len(s) == 7 and np.all(np.diff(s) > 0)

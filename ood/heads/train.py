@@ -10,17 +10,16 @@ head MOS compares against, under the same recipe.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..features import Head
 from ..split import resolve_device
 from .groups import GroupHead, group_loss_grad, one_hot
 from ..errors import InputError
+from ..progress import Progress
 
 BATCH = 512
 BASE_LR = 0.003
@@ -105,7 +104,7 @@ def train_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
         loss, dz, do = group_loss_grad(out[:, :C], out[:, C:], target, g, onehot)
         return loss, torch.cat([dz, do], 1)
 
-    bar = tqdm(total=steps[-1], desc="train head", unit="step", file=sys.stderr, disable=not progress)
+    bar = Progress(total=steps[-1], desc="train head", unit="step", quiet=not progress)
     order, pos, smooth = torch.randperm(n, generator=gen), 0, None
     for step in range(steps[-1]):
         if pos >= n:
@@ -121,7 +120,7 @@ def train_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
         if progress and (step % 20 == 0 or step == steps[-1] - 1):
             value = float(loss)
             smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
-            bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}", refresh=False)
+            bar.set_postfix_str(f"loss {smooth:.4f} lr {opt.param_groups[0]['lr']:.1e}")
         bar.update(1)
     bar.close()
 

@@ -25,10 +25,16 @@ SAME, OTHER = (0.1, 0.65, 0.2), (0.85, 0.15, 0.1)
 
 
 def class_colour(c: int) -> tuple:
-    """A fixed colour per class id (tab20 cycled); grey for an unknown class (< 0)."""
+    """A fixed colour per class id: tab20's ten strong colours for classes 0-9, its ten light ones for 10-19,
+    then again; grey for an unknown class (< 0).
+
+    >>> class_colour(-1), class_colour(0) == class_colour(20), class_colour(0) == class_colour(10)
+    ((0.6, 0.6, 0.6), True, False)
+    """
     from matplotlib import colormaps
 
-    return UNKNOWN if c < 0 else tuple(colormaps["tab20"](int(c) % 20)[:3])
+    c = int(c)
+    return UNKNOWN if c < 0 else tuple(colormaps["tab20"](2 * (c % 10) + (c // 10) % 2)[:3])
 
 
 def _name(emb, c: int) -> str:
@@ -98,8 +104,9 @@ def _save(fig, out, dpi: int):
         plt.close(fig)
 
 
-def embedding_map(out, emb, xy: np.ndarray, rows: np.ndarray, *, color: str = "gt", thumbnails: int = 150,
-                  thumb_px: int = 44, size_in: float = 10.0, dpi: int = 100, seed: int = 0, title: Optional[str] = None):
+def embedding_map(out, emb, xy: np.ndarray, rows: np.ndarray, *, color: str = "gt", thumbnails: int = 120,
+                  thumb_px: int = 44, size_in: float = 10.0, dpi: int = 100, seed: int = 0,
+                  title: Optional[str] = None):
     """PNG of the 2-D map ``xy`` of the segments ``rows`` of ``emb``, coloured by ground-truth (``gt``) or
     predicted (``pred``) class, with up to ``thumbnails`` crops in frames of their class colour."""
     import matplotlib
@@ -127,8 +134,8 @@ def embedding_map(out, emb, xy: np.ndarray, rows: np.ndarray, *, color: str = "g
               loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, frameon=False)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title or f"{len(rows)} segments, PCA 50 + t-SNE; frames: {'ground-truth' if color == 'gt' else 'predicted'} "
-                          f"class", fontsize=11)
+    kind = "ground-truth" if color == "gt" else "predicted"
+    ax.set_title(title or f"{len(rows)} segments, PCA 50 + t-SNE; frames: {kind} class", fontsize=11)
     fig.tight_layout()
     _save(fig, out, dpi)
 

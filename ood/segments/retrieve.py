@@ -14,9 +14,10 @@ Distances are euclidean and cosine (1 - cos), exact, from one blocked float32 ma
 queries (memory bounded by ``block_mb``; both metrics of a block share its norms). k-nearest-neighbour lists
 (k < all, the gallery) use faiss's exact brute force when faiss is installed, numpy otherwise.
 
-The 2-D map is PCA to 50 dimensions and then t-SNE (perplexity 30, learning rate 200, early exaggeration 12:
-OODRetrieval's settings; scikit-learn, seeded); its mAP is computed with euclidean distances in the map, on the
-segments of the map (at most ``map_max``, a seeded sample).
+The 2-D map is PCA to 50 dimensions and then t-SNE (perplexity 30 and early exaggeration 12 as OODRetrieval's
+``eval_retrieval.py``, the learning rate scaled to the map; openTSNE when installed, else scikit-learn; seeded);
+its mAP is computed with euclidean distances in the map, on the segments of the map (at most ``map_max``, a
+seeded sample).
 
 Clustering: k-means, agglomerative (ward) and spectral (k-nearest-neighbour affinity) from scikit-learn, in the
 embedding space and in the 2-D map, with as many clusters as ground-truth classes unless given, scored against
@@ -150,6 +151,39 @@ def average_precisions(x, labels, *, metric: str = "euclidean", k: Optional[int]
     """Average precision of each query row of ``x`` (all rows by default) when the other rows are ranked by
     distance and those with the query's label are relevant; ``k``: AP@k (None = the full ranking). NaN for a
     query without a relevant row."""
+    return average_precisions_by_metric(x, labels, metrics=(metric,), k=k, queries=queries, backend=backend,
+                                        block_mb=block_mb)[metric]
+
+
+def _full_blocks(x, q: np.ndarray, metrics: Sequence[str], block_mb: float):
+    """(first query, query rows, {metric: distances [B, n] with inf at the query itself}) per block of queries:
+    one float32 product of the block with all rows serves every metric."""
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(xs)
+    sq = (xs * xs).sum(1)
+    norms = np.sqrt(sq)
+    norms[norms == 0] = np.inf  # a zero row: cosine 0 with everything, distance 1
+    step = _block(n, block_mb, 4 * (2 + len(metrics)))
+    for lo in range(0, len(q), step):
+        qi = q[lo:lo + step]
+        g = xs[qi] @ xs.T
+        out = {}
+        for metric in metrics:
+            if metric == "cosine":
+                d = 1 - g / norms[qi][:, None] / norms[None, :]
+            else:
+                d = np.maximum(sq[qi][:, None] + sq[None, :] - 2 * g, 0)
+            d[np.arange(len(qi)), qi] = np.inf
+            out[metric] = d
+        yield lo, qi, out
+
+
+def average_precisions_by_metric(x, labels, *, metrics: Sequence[str] = METRICS, k: Optional[int] = None,
+                                 queries=None, backend: str = "auto",
+                                 block_mb: float = BLOCK_MB) -> Dict[str, np.ndarray]:
+    """:func:`average_precisions` for several metrics at once (the full ranking shares one product per block)."""
+    for metric in metrics:
+        _rows(np.zeros((1, 1)), metric)
     labels = np.asarray(labels).reshape(-1)
     n = len(labels)
     if len(x) != n:
@@ -157,37 +191,36 @@ def average_precisions(x, labels, *, metric: str = "euclidean", k: Optional[int]
     q = _queries(n, queries)
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     relevant = counts[inverse[q]] - 1
-    ap = np.full(len(q), np.nan)
+    out = {}
     if k is not None and k < n - 1:
-        _, idx = knn(x, k, metric=metric, queries=q, backend=backend, block_mb=block_mb)
-        rel = labels[idx] == labels[q][:, None]
-        precision = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ap = (precision * rel).sum(1) / np.minimum(relevant, k)
-        ap[relevant == 0] = np.nan
-        return ap
+        for metric in metrics:
+            _, idx = knn(x, k, metric=metric, queries=q, backend=backend, block_mb=block_mb)
+            rel = labels[idx] == labels[q][:, None]
+            precision = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ap = (precision * rel).sum(1) / np.minimum(relevant, k)
+            ap[relevant == 0] = np.nan
+            out[metric] = ap
+        return out
     if k is not None:
         _check_k(k, n)
-    xs = _rows(x, metric)
-    sq = (xs * xs).sum(1) if metric == "euclidean" else None
-    step = _block(n, block_mb)
-    for lo in range(0, len(q), step):
-        qi = q[lo:lo + step]
-        d = _distances(xs[qi], xs, metric, sq)
-        d[np.arange(len(qi)), qi] = np.inf
+    out = {metric: np.full(len(q), np.nan) for metric in metrics}
+    for lo, qi, dists in _full_blocks(x, q, metrics, block_mb):
         rel = labels[None, :] == labels[qi][:, None]
         rel[np.arange(len(qi)), qi] = False
-        ranked = np.sort(d, axis=1)
-        for b in range(len(qi)):  # one vectorised pass per query over its relevant rows
-            r = relevant[lo + b]
-            if r == 0:
-                continue
-            near = np.sort(d[b, rel[b]])
-            j = np.arange(1, r + 1)
-            # rank of the j-th nearest relevant row: j + the irrelevant rows at most as far (ties count against)
-            rank = j + np.searchsorted(ranked[b], near, "right") - np.searchsorted(near, near, "right")
-            ap[lo + b] = np.sum(j / rank) / r
-    return ap
+        for metric, d in dists.items():
+            ranked = np.sort(d, axis=1)
+            ap = out[metric]
+            for b in range(len(qi)):  # one vectorised pass per query over its relevant rows
+                r = relevant[lo + b]
+                if r == 0:
+                    continue
+                near = np.sort(d[b, rel[b]])
+                j = np.arange(1, r + 1)
+                # rank of the j-th nearest relevant row: j + the irrelevant rows at most as far (ties count against)
+                rank = j + np.searchsorted(ranked[b], near, "right") - np.searchsorted(near, near, "right")
+                ap[lo + b] = np.sum(j / rank) / r
+    return out
 
 
 def map_by_class(ap: np.ndarray, query_labels, labels, names: Optional[dict] = None) -> dict:
@@ -215,22 +248,39 @@ def map_by_class(ap: np.ndarray, query_labels, labels, names: Optional[dict] = N
 # --------------------------------------------------------------------------------------------- 2-D map, clusters
 
 
-def tsne_2d(x, seed: int = 0, perplexity: float = 30.0, pca_dims: int = 50) -> np.ndarray:
-    """PCA to ``pca_dims`` (when wider) then 2-D t-SNE with OODRetrieval's settings, seeded; the perplexity is
-    lowered to (n - 1) / 3 for small n."""
+def tsne_2d(x, seed: int = 0, perplexity: float = 30.0, pca_dims: int = 50, method: str = "auto") -> np.ndarray:
+    """PCA to ``pca_dims`` (when wider) then 2-D t-SNE (perplexity 30, early exaggeration 12), seeded: with
+    openTSNE (Poličar et al., much faster) when it is installed (``auto``), else scikit-learn's Barnes-Hut t-SNE.
+    The learning rate is each library's ``auto`` (about n / 12), since OODRetrieval's fixed 200 diverges on maps
+    of a few hundred segments; the perplexity is lowered to (n - 1) / 3 for small n."""
     from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
 
     x = np.asarray(x, dtype=np.float32)
     n = len(x)
     if n < 4:
         raise InputError(f"the 2-D map needs at least 4 segments, got {n}")
+    if method not in ("auto", "opentsne", "sklearn"):
+        raise ParameterError(f"unknown t-SNE method {method!r}; choose from auto, opentsne, sklearn")
     dims = min(pca_dims, n, x.shape[1])
     if x.shape[1] > dims:
         x = PCA(dims, random_state=seed).fit_transform(x)
-    tsne = TSNE(2, perplexity=min(perplexity, (n - 1) / 3), learning_rate=200.0, early_exaggeration=12.0,
-                init="pca", random_state=seed)
-    return tsne.fit_transform(np.asarray(x, dtype=np.float64)).astype(np.float32)
+    x = np.asarray(x, dtype=np.float64)
+    settings = dict(perplexity=min(perplexity, (n - 1) / 3), learning_rate="auto", early_exaggeration=12.0,
+                    random_state=seed)
+    if method in ("auto", "opentsne"):
+        try:
+            from openTSNE import TSNE as OpenTSNE
+        except ImportError:
+            if method == "opentsne":
+                raise ParameterError("t-SNE method opentsne: openTSNE is not installed (pip install openTSNE)")
+        else:
+            from ..runtime import Dist, cpus_per_rank
+
+            return np.asarray(OpenTSNE(2, initialization="pca", n_jobs=cpus_per_rank(Dist()), **settings).fit(x),
+                              dtype=np.float32)
+    from sklearn.manifold import TSNE
+
+    return TSNE(2, init="pca", **settings).fit_transform(x).astype(np.float32)
 
 
 def purity(true, pred) -> float:
@@ -324,14 +374,18 @@ def retrieve(emb, *, k: Optional[int] = None, metrics: Sequence[str] = METRICS, 
         if len(q) < len(candidates):
             report["notes"].append(f"{len(q)} of {len(candidates)} possible queries (a seeded sample, --queries), "
                                    f"each ranked against all {n} segments with a class")
-        x = emb.features[labelled]
+        tic = time.perf_counter()
+        aps = average_precisions_by_metric(emb.features[labelled], labels, metrics=metrics, k=k, queries=q,
+                                           backend=backend, block_mb=block_mb)
         for metric in metrics:
-            tic = time.perf_counter()
-            ap = average_precisions(x, labels, metric=metric, k=k, queries=q, backend=backend, block_mb=block_mb)
-            report["retrieval"][f"embedding/{metric}"] = map_by_class(ap, labels[q], labels, names)
-            log(f"retrieval ({metric}): {len(q)} queries over {n} segments in {time.perf_counter() - tic:.1f} s")
+            report["retrieval"][f"embedding/{metric}"] = map_by_class(aps[metric], labels[q], labels, names)
+        log(f"retrieval ({', '.join(metrics)}): {len(q)} queries over {n} segments in "
+            f"{time.perf_counter() - tic:.1f} s")
     else:
         report["notes"].append("no segment has a ground-truth class: no retrieval mAP or clustering scores")
+    if two_d and len(emb) < 4:
+        report["notes"].append(f"no 2-D map: it needs at least 4 segments, the file has {len(emb)}")
+        two_d = False
     if two_d:
         tic = time.perf_counter()
         rows = sample(len(emb), map_max, seed)
@@ -347,6 +401,8 @@ def retrieve(emb, *, k: Optional[int] = None, metrics: Sequence[str] = METRICS, 
             kk = None if k is None else min(k, int(has.sum()) - 1)
             ap = average_precisions(xy[has], lab2, metric="euclidean", k=kk, backend=backend, block_mb=block_mb)
             report["retrieval"]["2-D/euclidean"] = map_by_class(ap, lab2, lab2, names)
+    if clusters is not None and not 2 <= clusters <= n:
+        raise ParameterError(f"--clusters must lie in 2..{n} (the segments with a ground-truth class), got {clusters}")
     if n >= 2 and methods:
         n_classes = len(np.unique(labels))
         n_clusters = clusters or n_classes
@@ -444,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map", dest="map_png", help="PNG of the 2-D map with crop thumbnails")
     p.add_argument("--color", choices=("gt", "pred"), default="gt", help="colour the map by ground-truth or "
                                                                          "predicted class")
-    p.add_argument("--thumbnails", type=int, default=150, help="at most this many thumbnails on the map")
+    p.add_argument("--thumbnails", type=int, default=120, help="at most this many thumbnails on the map")
     p.add_argument("--gallery", dest="gallery_png", help="PNG of the nearest neighbours of chosen queries")
     p.add_argument("--gallery_classes", help="comma list of ground-truth classes: one seeded query of each "
                                              "(default: the largest classes, up to 6)")
@@ -498,6 +554,8 @@ def run(args, log) -> int:
         from . import pictures
 
         if args.map_png:
+            if "xy" not in report:
+                raise InputError(f"{args.embeddings}: no 2-D map to draw ({'; '.join(report['notes'])})")
             pictures.embedding_map(args.map_png, emb, report["xy"], report["map_rows"], color=args.color,
                                    thumbnails=args.thumbnails, seed=args.seed)
             log(f"{args.map_png}: the 2-D map of {len(report['map_rows'])} segments")
