@@ -364,6 +364,19 @@ def check_head(backbone: Backbone, extractor: Extractor, log):
         log(f"warning: the head W, b reproduces the model's logits only to {err:.3g} (logits up to {scale:.3g})")
 
 
+def check_run(out: Path, what: str, spec: "ModelSpec", batch: int, workers: Optional[int], overwrite: bool):
+    """The checks every embedding run makes before it loads a model: batch and workers in range, the model
+    spec complete, ``out`` (``what`` names it in errors) writable and, without ``overwrite``, not there yet."""
+    if batch < 1:
+        raise ParameterError(f"--batch must be at least 1, got {batch}")
+    if workers is not None and workers < 0:
+        raise ParameterError(f"--workers must be 0 (decode on threads) or more, got {workers}")
+    spec.check()
+    check_writable(out, what)
+    if out.exists() and not overwrite:
+        raise FeatureFileError(f"{out}: exists already; pass --overwrite to replace it")
+
+
 def extract_features(data_root, out, spec: ModelSpec, *, img_list=None, list_format: str = "auto",
                      labels: str = "auto", batch: int = 64, workers: Optional[int] = None, dtype: str = "float32",
                      skip_bad: bool = False, device="auto", amp: str = "auto", channels_last: bool = True,
@@ -379,14 +392,7 @@ def extract_features(data_root, out, spec: ModelSpec, *, img_list=None, list_for
     dist = Dist.from_env()
     log = log if dist.rank == 0 else (lambda msg: None)
     out = Path(out)
-    if batch < 1:
-        raise InputError(f"--batch must be at least 1, got {batch}")
-    if workers is not None and workers < 0:
-        raise ParameterError(f"--workers must be 0 (decode on threads) or more, got {workers}")
-    spec.check()
-    check_writable(out, "feature file")
-    if out.exists() and not overwrite:
-        raise FeatureFileError(f"{out}: exists already; pass --overwrite to replace it")
+    check_run(out, "feature file", spec, batch, workers, overwrite)
     data = load_inputs(data_root, img_list, list_format, labels)
     if img_list and list_format == "auto":
         log(f"{img_list}: read as a {data.format!r} list (auto-detected; --list_format to choose another)")

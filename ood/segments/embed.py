@@ -275,7 +275,7 @@ def embed_segments(store, out, spec, *, where: Sequence[str] = DEFAULT_WHERE, mi
 
     import torch
 
-    from ..extract import check_space
+    from ..extract import check_run, check_space
     from ..features import PARTIAL_SUFFIX, FeatureWriter
     from ..fileio import check_writable
     from ..runtime import Dist, Extractor, collate, cpus_per_rank, default_workers, resolve_device, threaded_batches
@@ -284,14 +284,7 @@ def embed_segments(store, out, spec, *, where: Sequence[str] = DEFAULT_WHERE, mi
 
     log = log or (lambda msg: None)
     out = Path(out)
-    if batch < 1:
-        raise ParameterError(f"--batch must be at least 1, got {batch}")
-    if workers is not None and workers < 0:
-        raise ParameterError(f"--workers must be 0 (decode on threads) or more, got {workers}")
-    spec.check()
-    check_writable(out, "embedding file")
-    if out.exists() and not overwrite:
-        raise FeatureFileError(f"{out}: exists already; pass --overwrite to replace it")
+    check_run(out, "embedding file", spec, batch, workers, overwrite)
     table = read_segments(store)
     rows = select_segments(table, where, min_box)
     with SegmentationFile(store) as seg:
