@@ -96,10 +96,22 @@ def _thresholds(items) -> Dict[str, float]:
 def evaluate_ood(path, detectors: Optional[Sequence[str]] = None, ood_ids=None, ignore_ids=(),
                  mode: str = "exact", bins: int = 10000, value_range: Optional[Sequence[float]] = None,
                  min_pred_size: int = 500, min_gt_size: int = 100, thresholds: Optional[Dict[str, float]] = None,
-                 components: bool = True, progress: bool = False) -> list:
-    """One record per detector: pixel metrics, then component metrics at the best-F1 (or given) threshold."""
+                 components: bool = True, progress: bool = False, curve: str = "exact") -> list:
+    """One record per detector: pixel metrics, then component metrics at the best-F1 (or given) threshold.
+
+    ``curve="exact"``: the exact curve (``mode`` exact: every pixel sorted; streaming: fixed bins), a pixel OOD
+    when its score <= the threshold. ``curve="smiyc"``: the SegmentMeIfYouCan benchmark's binned curve
+    (:class:`~ood.segmentation.pixel_ood.SmiycCurve`) and its component step (``-score > threshold`` in float16,
+    :func:`~ood.segmentation.pixel_ood.smiyc_prediction`), for numbers to compare with the leaderboard; a
+    ``thresholds`` value is in score units there too (OOD below it). Each pass reads every image once.
+    """
     from tqdm import tqdm
 
+    if curve not in ("exact", "smiyc"):
+        raise InputError(f"curve must be exact or smiyc, got {curve!r}")
+    if curve == "smiyc" and mode != "exact":
+        raise InputError(f"--mode {mode} applies to --curve exact; --curve smiyc bins each frame as the benchmark")
+    smiyc = curve == "smiyc"
     thresholds = dict(thresholds or {})
     with SegmentationFile(path) as f:
         if not f.has_gt:
@@ -112,8 +124,20 @@ def evaluate_ood(path, detectors: Optional[Sequence[str]] = None, ood_ids=None, 
         if unknown:
             raise InputError(f"--threshold names {', '.join(sorted(unknown))}, not among {', '.join(detectors)}")
         label = lambda gt: pixel_ood.ood_labels(gt, ood_ids, ignore_ids, str(path))  # noqa: E731
-        records = {d: {"detector": d, "mode": mode, "fpr_convention": pixel_ood.FPR_LABEL} for d in detectors}
-        if mode == "exact":
+        fpr_label = pixel_ood.SMIYC_FPR_LABEL if smiyc else pixel_ood.FPR_LABEL
+        records = {d: {"detector": d, "curve": curve, "mode": "smiyc" if smiyc else mode,
+                       "fpr_convention": fpr_label} for d in detectors}
+        if smiyc:
+            curves = {d: pixel_ood.SmiycCurve() for d in detectors}
+            paths = f.paths()
+            for i, (gt, *maps) in tqdm(f.images(["gt"] + detectors), total=f.n, unit="img", disable=not progress,
+                                       leave=False):
+                y = label(gt)
+                for d, s in zip(detectors, maps):
+                    curves[d].add(s, y, f"{path}: image {i} ({paths[i]})")
+            for d in detectors:
+                records[d].update(curves[d].metrics())
+        elif mode == "exact":
             labels = label(np.concatenate([b[0] for b in f.blocks(["gt"])]))
             for d in detectors:
                 records[d].update(pixel_ood.pixel_metrics(f.dataset(d)[()], labels))
@@ -134,28 +158,45 @@ def evaluate_ood(path, detectors: Optional[Sequence[str]] = None, ood_ids=None, 
             stats = {d: pixel_ood.ComponentStats() for d in detectors}
             for d in detectors:
                 records[d]["component_threshold"] = thresholds.get(d, records[d]["threshold"])
-            for i in tqdm(range(f.n), unit="img", disable=not progress, leave=False):
-                y = label(f.image(i, "gt"))
-                for d in detectors:
-                    pred_ood = f.image(i, d) <= records[d]["component_threshold"]
-                    stats[d].add(pixel_ood.frame_components(pred_ood, y, min_pred_size, min_gt_size))
+            for _, (gt, *maps) in tqdm(f.images(["gt"] + detectors), total=f.n, unit="img", disable=not progress,
+                                       leave=False):
+                y = label(gt)
+                for d, s in zip(detectors, maps):
+                    thr = records[d]["component_threshold"]
+                    pred_ood = pixel_ood.smiyc_prediction(s, -thr) if smiyc else s <= thr
+                    stats[d].add(pixel_ood.frame_components(pred_ood, y, min_pred_size, min_gt_size, smiyc))
             for d in detectors:
                 records[d].update(stats[d].summary(), min_pred_size=min_pred_size, min_gt_size=min_gt_size)
     return [records[d] for d in detectors]
 
 
 def format_ood(records) -> str:
-    header = ["Detector", "AUROC", "AP", "FPR95", "best F1", "thr", "sIoU", "PPV", "F1@.25", "F1@.50", "F1@.75",
-              "mean F1"]
+    """The pixel and component table, then the component counts (TP, FN, FP at sIoU 0.25, 0.50, 0.75, means)."""
+    header = ["Detector", "AUROC", "AP", "FPR95", "best F1", "thr", "sIoU", "sIoU pred", "PPV", "F1@.25", "F1@.50",
+              "F1@.75", "mean F1"]
     rows = []
     for r in records:
         row = [r["detector"], _pct(r["auroc"]), _pct(r["ap"]), _pct(r["fpr95"]), _pct(r["best_f1"]),
                f"{r['threshold']:.4g}"]
-        row += [_pct(r.get(k)) for k in ("siou", "ppv", "f1_25", "f1_50", "f1_75", "f1_mean")]
+        row += [_pct(r.get(k)) for k in ("siou", "siou_pred", "ppv", "f1_25", "f1_50", "f1_75", "f1_mean")]
         rows.append(row)
-    lines = [f"pixel metrics in % (OOD positive; {records[0]['mode']} mode), {records[0]['fpr_convention']}",
-             "a pixel is OOD when its score <= thr (the best-F1 threshold); components at that threshold"]
-    return "\n".join(lines + ["", _table(header, rows)])
+    first = records[0]
+    if first["curve"] == "smiyc":
+        lines = [f"pixel metrics in % (OOD positive; SegmentMeIfYouCan's binned curve, {first['bins']} percentile "
+                 f"bins a frame), {first['fpr_convention']}",
+                 "a pixel is OOD when its score <= thr on the curve; components take score < thr (the benchmark's "
+                 "-score > -thr in float16)"]
+    else:
+        lines = [f"pixel metrics in % (OOD positive; {first['mode']} mode), {first['fpr_convention']}",
+                 "a pixel is OOD when its score <= thr (the best-F1 threshold); components at that threshold"]
+    out = "\n".join(lines + ["", _table(header, rows)])
+    if "tp_mean" in first:
+        keys = [f"{c}_{t}" for t in ("25", "50", "75", "mean") for c in ("tp", "fn", "fp")]
+        counts = [[r["detector"]] + [f"{r[k]:g}" for k in keys] for r in records]
+        out += "\n\ncomponents: TP, FN (gt instances), FP (predicted components) at sIoU/PPV 0.25, 0.50, 0.75, " \
+               "and their means over 0.25..0.75\n" + _table(["Detector"] + [k.upper().replace("_", "@") for k in keys],
+                                                              counts)
+    return out
 
 
 def run_ood(args) -> int:
@@ -164,7 +205,7 @@ def run_ood(args) -> int:
     records = evaluate_ood(args.file, args.detectors.split(",") if args.detectors else None,
                            _ids(args.ood_ids), _ids(args.ignore_ids) or (), args.mode, args.bins, args.range,
                            args.min_pred_size, args.min_gt_size, _thresholds(args.threshold),
-                           not args.no_components, not args.quiet)
+                           not args.no_components, not args.quiet, args.curve)
     print(format_ood(records))
     if args.json:
         _write_json(records, args.json)
@@ -196,15 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--detectors", help="comma list of stored score maps (default: all)")
     o.add_argument("--ood_ids", help="gt ids that are OOD (default: gt is a binary mask, 0 ID, 1 OOD, 255 ignore)")
     o.add_argument("--ignore_ids", help="gt ids to ignore (e.g. 255)")
+    o.add_argument("--curve", choices=("exact", "smiyc"), default="exact",
+                   help="exact: the exact curve (see --mode); smiyc: the SegmentMeIfYouCan benchmark's binned curve "
+                        "(768 percentile bins a frame) and its component threshold step, step for step, for numbers "
+                        "next to the public leaderboard's (AP differs from the exact one by about a point)")
     o.add_argument("--mode", choices=("exact", "streaming"), default="exact",
-                   help="exact: sort all pixels in memory; streaming: fixed histogram bins")
+                   help="--curve exact: exact sorts all pixels in memory; streaming: fixed histogram bins")
     o.add_argument("--bins", type=int, default=10000, help="streaming: number of bins")
     o.add_argument("--range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="streaming: bin range (default: each map's stored min and max); scores outside are an error")
-    o.add_argument("--min_pred_size", type=int, default=500, help="drop predicted components below (pixels)")
-    o.add_argument("--min_gt_size", type=int, default=100, help="ignore gt instances below (pixels)")
+    o.add_argument("--min_pred_size", type=int, default=500,
+                   help="drop predicted components below (pixels; the benchmark: 500 AnomalyTrack, 50 ObstacleTrack)")
+    o.add_argument("--min_gt_size", type=int, default=100,
+                   help="ignore gt instances below (pixels; the benchmark: 100 AnomalyTrack, 10 ObstacleTrack)")
     o.add_argument("--threshold", action="append", default=[], metavar="DETECTOR=VALUE",
-                   help="component threshold (OOD if score <= VALUE) instead of the best-F1 one")
+                   help="component threshold instead of the best-F1 one: OOD if score <= VALUE (--curve smiyc: "
+                        "score < VALUE, in float16)")
     o.add_argument("--no_components", action="store_true", help="pixel metrics only")
     o.add_argument("--json", help="write one record per detector as JSON")
     o.add_argument("--quiet", action="store_true", help="no progress bar")

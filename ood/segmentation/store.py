@@ -229,6 +229,21 @@ class SegmentationFile:
         lo, hi = self.offsets[i], self.offsets[i + 1]
         return self.dataset(name)[lo:hi].reshape(self.shapes[i])
 
+    def images(self, names: Sequence[str], pixels: int = 1 << 24) -> Iterator[tuple]:
+        """``(i, [map of each name])`` for every image in order, reading whole images in blocks of about
+        ``pixels`` (at least one image), so each compressed chunk is decoded about once, not once per image
+        that shares it."""
+        ends = self.offsets[1:]
+        i = 0
+        while i < self.n:
+            j = max(i + 1, int(np.searchsorted(ends, self.offsets[i] + pixels, side="right")))
+            lo = int(self.offsets[i])
+            flat = [self.dataset(name)[lo:int(self.offsets[j])] for name in names]
+            for k in range(i, j):
+                a, b = int(self.offsets[k]) - lo, int(self.offsets[k + 1]) - lo
+                yield k, [f[a:b].reshape(self.shapes[k]) for f in flat]
+            i = j
+
     def blocks(self, names: Sequence[str], pixels: int = 1 << 24) -> Iterator[list]:
         """The flat pixels of ``names`` in aligned blocks of about ``pixels``."""
         total = int(self.offsets[-1])
