@@ -25,7 +25,7 @@ segments of class c, IoU_adj = |k ∩ G| / |k ∪ (G \\ Q)|, so a ground-truth o
 segments does not penalise each piece for the others. Pixels whose ground truth is an ignore id are left out of
 both counts (MetaSeg removes them from the prediction); a segment made only of them gets NaN.
 
-Everything is vectorised: one ``scipy.ndimage.label`` per class present, then ``np.bincount`` reductions.
+Everything is vectorised: one connected-component pass over the predicted map (and one over the ground\ntruth), then ``np.bincount`` reductions.
 
 >>> import numpy as np
 >>> p = np.zeros((2, 3, 3), np.float32); p[0] = 0.8; p[1] = 0.2; p[:, 1, 1] = [0.3, 0.7]
@@ -46,7 +46,6 @@ from scipy import ndimage
 
 MAPS = ("E", "D", "V")
 DEFAULT_IGNORE = (255,)
-_STRUCT8 = np.ones((3, 3), bool)
 
 
 def metric_columns(num_classes: int, detectors: Sequence[str] = ()) -> List[str]:
@@ -104,25 +103,28 @@ class ImageSegments:
         return len(self.pred_class)
 
 
+def components(classes: np.ndarray):
+    """Connected components (8-connectivity) of the pixels of equal value of an int map, pixels < 0 left out:
+    ``(labels, n)``, labels 1..n numbered in raster order of each component's first pixel (0 for pixels < 0).
+    One union-find pass over the whole map (scikit-image), whatever the number of classes."""
+    from skimage.measure import label
+
+    labels, n = label(np.asarray(classes, dtype=np.int32), background=-1, connectivity=2, return_num=True)
+    return labels, int(n)
+
+
 def label_segments(pred: np.ndarray):
     """Connected components (8-connectivity) of each predicted class: ``(ids, seg_class)`` with ids 1..n
-    numbered class by class (int32 [H, W]) and the class of each segment (int64 [n])."""
-    boxes = _boxes(pred)
-    local = np.zeros(pred.shape, np.int32)
-    counts = np.zeros(max(len(boxes), 1), np.int64)
-    for c, box in enumerate(boxes):  # each class labelled inside its bounding box
-        if box is not None:
-            lab, counts[c] = ndimage.label(pred[box] == c, _STRUCT8)
-            local[box] += lab
-    offset = (np.cumsum(counts) - counts).astype(np.int32)
-    ids = local + offset[pred]
-    return ids, np.repeat(np.arange(len(counts)), counts)
-
-
-def _boxes(labels: np.ndarray) -> list:
-    """The bounding box (a pair of slices) of each value 0..max of a non-negative int map, None if absent."""
-    small = labels.astype(np.int32) if labels.dtype.itemsize > 4 else labels
-    return ndimage.find_objects(small + 1) if small.size else []
+    numbered class by class, in raster order within a class (int32 [H, W]), and the class of each segment
+    (int64 [n])."""
+    pred = np.asarray(pred)
+    labels, n = components(pred)
+    seg_class = np.zeros(n + 1, np.int64)
+    seg_class[labels.reshape(-1)] = pred.reshape(-1)  # every pixel of a component has its class
+    order = np.argsort(seg_class[1:], kind="stable")
+    renumber = np.zeros(n + 1, np.int32)
+    renumber[order + 1] = np.arange(1, n + 1, dtype=np.int32)
+    return renumber[labels], seg_class[1:][order]
 
 
 def boundary(pred: np.ndarray) -> np.ndarray:
@@ -183,20 +185,13 @@ def adjusted_iou(ids: np.ndarray, seg_class: np.ndarray, pred: np.ndarray, gt: n
     gt_f, pred_f, valid_f = gt.reshape(-1), pred.reshape(-1), valid.reshape(-1)
     inter = np.bincount(k[(gt_f == pred_f) & valid_f], minlength=n).astype(np.float64)
     union = np.bincount(k[valid_f], minlength=n).astype(np.float64)
-    classes = np.unique(seg_class)
-    both = np.where(valid & (gt >= 0) & (gt <= classes[-1]), gt, -1) if n else np.full(gt.shape, -1)
-    boxes = _boxes(both + 1)[1:] if n else []
-    for c in classes:
-        if c >= len(boxes) or boxes[c] is None:
-            continue
-        box = boxes[c]
-        mask, sub_pred, sub_k = both[box] == c, pred[box], ids[box] - 1
-        hit = mask & (sub_pred == c)
-        if not hit.any():
-            continue
-        glab, ng = ndimage.label(mask, _STRUCT8)
-        missed = np.bincount(glab[mask & (sub_pred != c)], minlength=ng + 1).astype(np.float64)
-        pk, pg = _pairs(sub_k[hit], glab[hit], ng + 1)
+    if n:
+        both = np.where(valid & (gt >= 0) & (gt <= seg_class.max()), gt, -1)  # gt of the predicted classes
+        glab, ng = components(both)
+        in_gt = glab > 0
+        missed = np.bincount(glab[in_gt & (pred != both)], minlength=ng + 1).astype(np.float64)
+        hit = in_gt & (pred == both)
+        pk, pg = _pairs(ids[hit] - 1, glab[hit], ng + 1)
         union += np.bincount(pk, weights=missed[pg], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
