@@ -380,10 +380,13 @@ def check_run(out: Path, what: str, spec: "ModelSpec", batch: int, workers: Opti
 def extract_features(data_root, out, spec: ModelSpec, *, img_list=None, list_format: str = "auto",
                      labels: str = "auto", batch: int = 64, workers: Optional[int] = None, dtype: str = "float32",
                      skip_bad: bool = False, device="auto", amp: str = "auto", channels_last: bool = True,
-                     resume: bool = False, overwrite: bool = False, progress: bool = True, log=None) -> Optional[dict]:
+                     resume: bool = False, overwrite: bool = False, progress: bool = True, log=None,
+                     mapping=None) -> Optional[dict]:
     """Extract the features, logits and labels of every image (a list under ``data_root``, or every image in
     it) into the feature file ``out``; returns a summary (rows, skipped, seconds, ...), None on ranks > 0 of a
-    torchrun job. Under torchrun each rank extracts a shard and rank 0 merges them."""
+    torchrun job. Under torchrun each rank extracts a shard and rank 0 merges them. ``mapping``: an ImageNet-S
+    mapping file, so an ImageNet-S list reads its images from a plain ImageNet folder (the ImageNet-S paths
+    are kept in the ``imagenet_s_path`` column)."""
     import torch
     
     from .runtime import Dist, Extractor, cpus_per_rank, default_workers, load_inputs, resolve_device
@@ -393,7 +396,7 @@ def extract_features(data_root, out, spec: ModelSpec, *, img_list=None, list_for
     log = log if dist.rank == 0 else (lambda msg: None)
     out = Path(out)
     check_run(out, "feature file", spec, batch, workers, overwrite)
-    data = load_inputs(data_root, img_list, list_format, labels)
+    data = load_inputs(data_root, img_list, list_format, labels, mapping)
     if img_list and list_format == "auto":
         log(f"{img_list}: read as a {data.format!r} list (auto-detected; --list_format to choose another)")
     device = resolve_device(device, dist)
@@ -404,7 +407,7 @@ def extract_features(data_root, out, spec: ModelSpec, *, img_list=None, list_for
     attrs = dict(**spec.attrs(), preprocess=backbone.preprocess, feature_source=backbone.feature_source,
                  data_root=str(data_root), list_file=str(img_list or ""), list_format=data.format or list_format,
                  label_mode=labels,
-                 dtype=dtype, amp=extractor.amp)
+                 dtype=dtype, amp=extractor.amp, **({"mapping_file": str(mapping)} if mapping else {}))
     workers = default_workers(dist, device) if workers is None else workers
     common = dict(batch=batch, workers=workers, threads=cpus_per_rank(dist), skip_bad=skip_bad,
                   progress=progress and dist.rank == 0, log=log)
@@ -491,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: CLIP's 80 ImageNet templates)")
     p.add_argument("--img_list", help="list file, 'path [label]' a line; without it every image under data_root")
     p.add_argument("--list_format", choices=LIST_FORMATS, default="auto", help="format of --img_list")
+    p.add_argument("--mapping", metavar="FILE",
+                   help="ImageNet-S mapping file (mapping/*.txt): an --img_list in ImageNet-S names read from a plain "
+                        "ImageNet folder as data_root, no copying (--list_format imagenet_s)")
     p.add_argument("--labels", choices=("auto", "none"), default="auto",
                    help="none: store -1 for every image (OOD sets)")
     p.add_argument("--resize", type=int, metavar="N",
@@ -527,6 +533,6 @@ def main(argv=None) -> int:
                          labels=args.labels, batch=args.batch, workers=args.workers, dtype=args.dtype,
                          skip_bad=args.skip_bad, device=args.device, amp=args.amp,
                          channels_last=args.channels_last, resume=args.resume, overwrite=args.overwrite,
-                         progress=not args.quiet, log=log)
+                         progress=not args.quiet, log=log, mapping=args.mapping)
         return 0
     return run_main(go, interrupted=f"rerun with --resume to continue {args.out_file}")

@@ -138,10 +138,18 @@ def threaded_batches(dataset: ImageDataset, batch: int, threads: int):
             yield collate(list(pool.map(dataset.__getitem__, range(lo, min(lo + batch, len(dataset))))))
 
 
-def load_inputs(data_root, img_list=None, list_format="auto", labels="auto") -> DataList:
-    """The images to extract: a list file (paths relative to ``data_root``) or every image under the folder."""
+def load_inputs(data_root, img_list=None, list_format="auto", labels="auto", mapping=None) -> DataList:
+    """The images to extract: a list file (paths relative to ``data_root``) or every image under the folder.
+
+    ``mapping``: an ImageNet-S mapping file, so an ImageNet-S list names the images of a plain ImageNet folder
+    (``data_root``); the list must read as ``imagenet_s``."""
+    if mapping and not img_list:
+        raise ListFormatError(f"--mapping {mapping} needs an ImageNet-S --img_list to map")
     if img_list:
-        data = read_list(img_list, list_format)
+        data = read_list(img_list, list_format, mapping=mapping)
+        if mapping and data.format != "imagenet_s":
+            raise ListFormatError(f"{img_list}: --mapping applies to imagenet_s lists, this one reads as "
+                                  f"{data.format}; pass --list_format imagenet_s")
         if labels == "none":
             data.labels = np.full(len(data), -1, dtype=np.int64)
     else:

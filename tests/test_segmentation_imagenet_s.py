@@ -1,6 +1,7 @@
 """ImageNet-S evaluation against a literal, slow re-statement of the toolbox's procedure on synthetic masks."""
 import json
 import math
+from itertools import permutations
 
 import numpy as np
 import pytest
@@ -189,3 +190,119 @@ def test_errors_name_the_file(tmp_path):
     save(tmp_path / "pred" / "b.png", np.full((8, 8), 300))
     with pytest.raises(ValueError, match=r"b\.png: id 300 is outside the category range 0\.\.6"):
         ims.evaluate(tmp_path / "gt", tmp_path / "pred", N)
+
+
+# --------------------------------------------------------------------------------------------- toolbox matching
+
+
+def toolbox_matching(gt_ids, pred_ids, n):
+    """The toolbox's hungarian.py restated: per-image id lists (0 dropped), float32 cost 1 - co / images,
+    munkres' assignment from prediction id to gt id."""
+    from munkres import Munkres
+
+    matrix = np.zeros((n, n), np.float32)
+    for i in range(n):
+        for j in range(n):
+            matrix[i][j] = 1.0 - 1.0 * sum((i + 1) in p and (j + 1) in g for g, p in zip(gt_ids, pred_ids)) / len(gt_ids)
+    return {0: 0, **{r + 1: c + 1 for r, c in Munkres().compute(matrix.tolist())}}
+
+
+def test_matching_breaks_ties_as_the_toolbox():
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(3)
+    scipy_differs = 0
+    for _ in range(40):
+        n, images = int(rng.integers(3, 7)), int(rng.integers(2, 6))
+        gt_ids = [set(rng.choice(np.arange(1, n + 1), rng.integers(1, 3), replace=False)) for _ in range(images)]
+        pred_ids = [set(rng.choice(np.arange(1, n + 1), rng.integers(1, 3), replace=False)) for _ in range(images)]
+        co = np.zeros((n + 1, n + 1), np.int64)
+        for g, p in zip(gt_ids, pred_ids):
+            for i in p:
+                for j in g:
+                    co[i, j] += 1
+        got = ims.match_ids(co, images)
+        assert got == toolbox_matching(gt_ids, pred_ids, n)
+        rows, cols = linear_sum_assignment(co[1:, 1:], maximize=True)
+        scipy_differs += got != {0: 0, **{int(r) + 1: int(c) + 1 for r, c in zip(rows, cols)}}
+        best = max(sum(co[1 + i, 1 + j] for i, j in enumerate(perm)) for perm in permutations(range(n)))
+        assert sum(co[k, v] for k, v in got.items() if k) == best
+    assert scipy_differs > 0  # the ties are real: another optimal solver picks other matchings
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture()
+def imagenet_val(tmp_path):
+    """A plain ImageNet val folder, ImageNet-S masks, names list and mapping file (the dataset's layout)."""
+    rng = np.random.default_rng(4)
+    (tmp_path / "val").mkdir()
+    names, mapping, pairs = [], [], []
+    for i, (h, w) in enumerate([(32, 48), (32, 48), (40, 32)]):
+        wnid = f"n0{i % 2}"
+        plain = f"val/ILSVRC2012_val_{i:08d}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / plain)
+        gt, _ = random_masks(rng, h, w)
+        gt[gt != ims.IGNORE] *= 7  # ids up to 42 of 50
+        save(tmp_path / "masks" / wnid / f"ILSVRC2012_val_{i:08d}.png", gt)
+        names.append(f"{wnid}/ILSVRC2012_val_{i:08d}.JPEG {wnid}/ILSVRC2012_val_{i:08d}.png")
+        mapping.append(f"{plain} {wnid}/ILSVRC2012_val_{i:08d}.JPEG")
+        pairs.append((plain, gt))
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "mapping.txt").write_text("\n".join(mapping) + "\n")
+    return tmp_path, pairs
+
+
+def test_model_to_store_to_imagenet_s_figures(imagenet_val, capsys):
+    import torch
+
+    from ood.segmentation import runner
+    from ood.segmentation.evaluate import main as evaluate_main
+
+    root, pairs = imagenet_val
+    torch.manual_seed(0)
+    model = runner.build_model("lraspp_mobilenet_v3_large", 51)
+    torch.save(model.state_dict(), root / "w.pth")
+    store = root / "seg.h5"
+    assert runner.main([str(root), str(store), "lraspp_mobilenet_v3_large", "--num_classes", "51", "--checkpoint",
+                        str(root / "w.pth"), "--img_list", str(root / "names.txt"), "--list_format", "imagenet_s",
+                        "--mapping", str(root / "mapping.txt"), "--mask_root", str(root / "masks"),
+                        "--no-segments", "--detectors", "msp", "--workers", "0", "--device", "cpu", "--quiet"]) == 0
+    direct = []
+    for plain, gt in pairs:
+        x = runner.transform(Image.open(root / plain).convert("RGB"))[None]
+        with torch.no_grad():
+            direct.append((gt, model(x)["out"][0].argmax(0).numpy()))
+    assert evaluate_main(["imagenet_s", "--store", str(store), "--mode", "50", "--workers", "2",
+                          "--json", str(root / "plain.json"), "--quiet"]) == 0
+    got, want = json.loads((root / "plain.json").read_text()), slow_metrics(direct, 50)
+    for key in ("mIoU", "mBIoU", "Acc", "FMeasure", "S", "MS", "ML", "L"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-9, err_msg=key)
+    # unsupervised ids: the toolbox's matching, computed from the store, then the figures through it
+    assert evaluate_main(["imagenet_s", "--store", str(store), "--mode", "50", "--match", str(root / "m.json"),
+                          "--per-class", "--json", str(root / "matched.json"), "--quiet"]) == 0
+    assert "per class IoU" in capsys.readouterr().out
+    gt_ids = [set(np.unique(g[(g != ims.IGNORE) & (g > 0)]).tolist()) for g, _ in direct]
+    pred_ids = [set(np.unique(p[(g != ims.IGNORE) & (p > 0)]).tolist()) for g, p in direct]
+    matching = toolbox_matching(gt_ids, pred_ids, 50)
+    assert ims.read_matching(root / "m.json") == matching
+    relabel = np.array([matching[i] for i in range(51)])
+    got = json.loads((root / "matched.json").read_text())
+    want = slow_metrics([(g, relabel[p]) for g, p in direct], 50)
+    np.testing.assert_allclose(got["mIoU"], want["mIoU"], rtol=1e-9)
+
+
+def test_mapping_and_flag_errors(imagenet_val, capsys):
+    from ood.segmentation import runner
+    from ood.segmentation.evaluate import main as evaluate_main
+
+    root, _ = imagenet_val
+    (root / "vim.txt").write_text("val/ILSVRC2012_val_00000000.png 3\n")
+    assert runner.main([str(root), str(root / "x.h5"), "fcn_resnet50", "--img_list", str(root / "vim.txt"),
+                        "--list_format", "vim", "--mapping", str(root / "mapping.txt"), "--quiet"]) == 2
+    assert "--mapping applies to imagenet_s lists, this one reads as vim" in capsys.readouterr().err
+    assert evaluate_main(["imagenet_s", "--store", "a.h5", "--gt-dir", str(root)]) == 2
+    assert "give either --store" in capsys.readouterr().err
+    assert evaluate_main(["imagenet_s", "--predict-dir", str(root / "p"), "--gt_dir", str(root / "masks")]) == 2
+    assert "prediction folder does not exist" in capsys.readouterr().err

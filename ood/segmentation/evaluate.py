@@ -43,17 +43,28 @@ def _pct(x) -> str:
 
 def run_imagenet_s(args) -> int:
     n = imagenet_s.MODES[args.mode]
+    if bool(args.store) == bool(args.predict_dir or args.gt_dir):
+        raise InputError("give either --store (a segment_images.py file) or --predict_dir and --gt_dir (PNG folders)")
+    if not args.store and not (args.predict_dir and args.gt_dir):
+        raise InputError("--predict_dir and --gt_dir go together")
     classes = imagenet_s.class_names(args.categories, n) if args.categories else None
+    progress = not args.quiet
     matching = None
     if args.match:
         if Path(args.match).exists():
             matching = imagenet_s.read_matching(args.match)
             print(f"matching read from {args.match}", file=sys.stderr)
         else:
-            matching = imagenet_s.compute_matching(args.gt_dir, args.predict_dir, n, args.workers, not args.quiet)
+            if args.store:
+                matching = imagenet_s.compute_store_matching(args.store, n, args.workers, progress)
+            else:
+                matching = imagenet_s.compute_matching(args.gt_dir, args.predict_dir, n, args.workers, progress)
             imagenet_s.write_matching(matching, args.match)
             print(f"matching computed and saved to {args.match}", file=sys.stderr)
-    log = imagenet_s.evaluate(args.gt_dir, args.predict_dir, n, args.workers, matching, classes, not args.quiet)
+    if args.store:
+        log = imagenet_s.evaluate_store(args.store, n, args.workers, matching, classes, progress)
+    else:
+        log = imagenet_s.evaluate(args.gt_dir, args.predict_dir, n, args.workers, matching, classes, progress)
     if matching is not None:
         log["matching"] = {str(k): v for k, v in sorted(matching.items())}
     names = classes or [str(i) for i in range(n + 1)]
@@ -218,16 +229,30 @@ def run_ood(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate_segmentation.py", description=__doc__)
     sub = p.add_subparsers(dest="task", required=True)
-    s = sub.add_parser("imagenet_s", help="ImageNet-S toolbox figures from prediction and ground-truth PNG masks")
-    s.add_argument("--predict-dir", required=True, help="prediction PNGs (RGB, id = R + 256 G), gt's layout")
-    s.add_argument("--gt-dir", required=True, help="ground-truth PNGs, e.g. ImageNetS919/validation-segmentation")
+    s = sub.add_parser("imagenet_s", help="ImageNet-S toolbox figures from a segment_images.py store or from "
+                                          "prediction and ground-truth PNG masks",
+                       description="ImageNet-S toolbox figures (Acc, mIoU, boundary and size-bucket IoUs, F-measure) "
+                                   "from a segment_images.py store or from PNG folders. Every option is spelled "
+                                   "with underscores; the toolbox's --predict-dir, --gt-dir and --per-class are "
+                                   "accepted too.")
+
+    def both(*names, **kw):  # the toolbox's hyphen spelling is accepted too; help shows the underscore one
+        s.add_argument(names[0], **kw)
+        s.add_argument(*[n.replace("_", "-") for n in names], dest=names[0][2:], help=argparse.SUPPRESS,
+                       **{k: v for k, v in kw.items() if k != "help"})
+
+    s.add_argument("--store", metavar="H5", help="segment_images.py output of an ImageNet-S list with masks: its "
+                                                 "predicted class maps against its ground truth, no PNGs needed")
+    both("--predict_dir", help="prediction PNGs (RGB, id = R + 256 G), gt's layout")
+    both("--gt_dir", help="ground-truth PNGs, e.g. ImageNetS919/validation-segmentation")
     s.add_argument("--mode", choices=sorted(imagenet_s.MODES, key=int), default="50",
                    help="ImageNet-S-50/300/919: the number of classes")
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
-    s.add_argument("--match", metavar="JSON", help="map prediction ids to gt ids: read this matching file, or "
-                                                   "compute the optimal matching and save it here if absent")
+    s.add_argument("--match", metavar="JSON",
+                   help="map prediction ids to gt ids: read this matching file, or compute the optimal matching "
+                        "and save it here if absent (the toolbox's Munkres, munkres 1.1.4, so ties fall as there)")
     s.add_argument("--categories", help="ImageNet-S categories file (one wnid a line) to name the classes")
-    s.add_argument("--per-class", action="store_true", help="print the per-class IoU table")
+    both("--per_class", action="store_true", help="print the per-class IoU table")
     s.add_argument("--json", help="write every figure (per-class IoUs included) as JSON")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=run_imagenet_s)

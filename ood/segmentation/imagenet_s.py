@@ -11,13 +11,21 @@ accuracy (the largest predicted foreground class is in both masks) and the F-mea
 foreground vs "other", averaged over images. Everything is reported in percent.
 
 Matching (``match.py`` there) maps the arbitrary ids of an unsupervised method to gt ids by an optimal
-assignment on the image-level co-occurrence of ids; ties may be broken differently from the toolbox's Munkres.
+assignment on the image-level co-occurrence of ids: the toolbox's cost matrix (1 - co-occurrence / images, stored
+as float32) solved by the same ``munkres`` package (1.1.4, the release of the toolbox's time, pinned in the
+dependencies), so that among assignments of equal sum the toolbox's choice is made; scipy's solver and munkres
+2.x/3.x break such ties differently.
+
+Predictions come from PNG folders (the toolbox's layout) or straight from the HDF5 store of segment_images.py
+(:func:`evaluate_store`), whose ground truth is the list's ImageNet-S masks, so a model is evaluated with no
+conversion step.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -25,7 +33,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from scipy.ndimage import maximum_filter, minimum_filter
-from scipy.optimize import linear_sum_assignment
 
 from ..data import read_imagenet_s_categories, read_imagenet_s_mask
 from ..errors import InputError
@@ -36,6 +43,7 @@ BUCKETS = ("S", "MS", "ML", "L")
 BUCKET_LIMITS = (5, 25, 50)  # percent of the image, inclusive upper limits of S, MS, ML
 BOUNDARY_RATIO = 0.03
 BETA2 = 0.3
+MUNKRES_VERSION = "1.1.4"  # the toolbox's (2021-22) munkres; later majors break ties differently
 
 
 def boundary_width(height: int, width: int, ratio: float = BOUNDARY_RATIO) -> int:
@@ -166,22 +174,29 @@ def read_mask(path) -> np.ndarray:
         raise InputError(f"{path}: not a readable PNG mask ({e})") from None
 
 
+def check_ids(gt: np.ndarray, pred: np.ndarray, num_classes: int, lookup: Optional[np.ndarray] = None,
+              gt_name="ground truth", pred_name="prediction"):
+    """Refuse gt ids outside 0..N (and 1000), prediction ids outside 0..N or missing from the matching."""
+    bad = gt[((gt > num_classes) | (gt < 0)) & (gt != IGNORE)]
+    if bad.size:
+        raise InputError(f"{gt_name}: id {int(bad.max())} is outside 0..{num_classes} (and {IGNORE} = ignore)")
+    if pred.size and (pred.max() > num_classes or pred.min() < 0):
+        worst = int(pred.max()) if pred.max() > num_classes else int(pred.min())
+        raise InputError(f"{pred_name}: id {worst} is outside the category range 0..{num_classes}")
+    if lookup is not None:
+        ids = np.unique(pred)
+        missing = ids[lookup[ids] < 0]
+        if missing.size:
+            raise InputError(f"{pred_name}: id {int(missing[0])} has no entry in the matching")
+
+
 def read_pair(gt_path, pred_path, num_classes: int, lookup: Optional[np.ndarray] = None):
     """The gt and prediction id masks of one image, checked: same size, ids in range."""
     gt, pred = read_mask(gt_path), read_mask(pred_path)
     if gt.shape != pred.shape:
         raise InputError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
                          f"ground truth {gt_path} is {gt.shape[1]}x{gt.shape[0]}")
-    bad = gt[(gt > num_classes) & (gt != IGNORE)]
-    if bad.size:
-        raise InputError(f"{gt_path}: id {int(bad.max())} is outside 0..{num_classes} (and {IGNORE} = ignore)")
-    if pred.max() > num_classes:
-        raise InputError(f"{pred_path}: id {int(pred.max())} is outside the category range 0..{num_classes}")
-    if lookup is not None:
-        ids = np.unique(pred)
-        missing = ids[lookup[ids] < 0]
-        if missing.size:
-            raise InputError(f"{pred_path}: id {int(missing[0])} has no entry in the matching")
+    check_ids(gt, pred, num_classes, lookup, gt_path, pred_path)
     return gt, pred
 
 
@@ -210,54 +225,136 @@ def _chunk_counts(args) -> Counts:
     return total
 
 
+def _presence(gt: np.ndarray, pred: np.ndarray, co: np.ndarray):
+    """Count one image in the co-occurrence of ids: pairs (prediction id, gt id) both present outside ignore."""
+    valid = gt != IGNORE
+    co[np.ix_(np.unique(pred[valid]), np.unique(gt[valid]))] += 1
+
+
 def _chunk_presence(args) -> np.ndarray:
     gt_dir, predict_dir, names, num_classes, _ = args
     co = np.zeros((num_classes + 1, num_classes + 1), np.int64)
     for name in names:
         gt, pred = read_pair(os.path.join(gt_dir, name), os.path.join(predict_dir, name), num_classes)
-        valid = gt != IGNORE
-        co[np.ix_(np.unique(pred[valid]), np.unique(gt[valid]))] += 1
+        _presence(gt, pred, co)
     return co
 
 
-def _map_chunks(fn, gt_dir, predict_dir, names, num_classes, lookup, workers, progress, total):
+def _store_images(path, lo: int, hi: int, num_classes: int, lookup):
+    """Checked (gt, pred) of images lo..hi-1 of a segment_images.py store."""
+    from .store import SegmentationFile
+
+    with SegmentationFile(path) as f:
+        if not f.has_gt:
+            raise InputError(f"{path}: has no ground truth ('gt'); segment_images.py stores it when the list "
+                             "names masks (an ImageNet-S list with masks and --mask_root)")
+        names = f.paths()
+        for i, (gt, pred) in f.images(["gt", "pred"], start=lo, stop=hi):
+            gt, pred = gt.astype(np.int64), pred.astype(np.int64)
+            where = f"{path}: image {i} ({names[i]})"
+            check_ids(gt, pred, num_classes, lookup, f"{where}: ground truth", f"{where}: prediction")
+            yield gt, pred
+
+
+def _store_counts(args) -> Counts:
+    path, lo, hi, num_classes, lookup = args
+    total = Counts(num_classes)
+    for gt, pred in _store_images(path, lo, hi, num_classes, lookup):
+        total += image_counts(gt, pred, num_classes, lookup)
+    return total
+
+
+def _store_presence(args) -> np.ndarray:
+    path, lo, hi, num_classes, _ = args
+    co = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    for gt, pred in _store_images(path, lo, hi, num_classes, None):
+        _presence(gt, pred, co)
+    return co
+
+
+def _folder_chunks(gt_dir, predict_dir, names, num_classes, lookup, workers) -> list:
+    """(arguments, images) of each chunk of PNG pairs."""
+    size = max(1, min(64, len(names) // max(1, 4 * workers)))
+    return [((str(gt_dir), str(predict_dir), names[i:i + size], num_classes, lookup), len(names[i:i + size]))
+            for i in range(0, len(names), size)]
+
+
+def _store_chunks(path, n: int, num_classes: int, lookup, workers) -> list:
+    """(arguments, images) of each chunk of a store's images."""
+    size = max(1, min(64, n // max(1, 4 * workers)))
+    return [((str(path), i, min(n, i + size), num_classes, lookup), min(n, i + size) - i) for i in range(0, n, size)]
+
+
+def _map_chunks(fn, chunks, workers, progress, total):
     """Apply ``fn`` to chunks of images in ``workers`` processes and sum the results, with a progress bar."""
     from tqdm import tqdm
 
-    size = max(1, min(64, len(names) // max(1, 4 * workers)))
-    chunks = [(str(gt_dir), str(predict_dir), names[i:i + size], num_classes, lookup)
-              for i in range(0, len(names), size)]
-    bar = tqdm(total=len(names), unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=sum(k for _, k in chunks), unit="img", disable=not progress, leave=False)
     try:
         if workers <= 1:
-            for chunk in chunks:
-                total += fn(chunk)
-                bar.update(len(chunk[2]))
+            for args, k in chunks:
+                total += fn(args)
+                bar.update(k)
         else:
             with get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
-                for chunk, part in zip(chunks, pool.imap(fn, chunks)):
+                for (_, k), part in zip(chunks, pool.imap(fn, [args for args, _ in chunks])):
                     total += part
-                    bar.update(len(chunk[2]))
+                    bar.update(k)
     finally:
         bar.close()
     return total
 
 
-def match_ids(cooccurrence: np.ndarray) -> Dict[int, int]:
+def munkres_cost(cooccurrence: np.ndarray, images: int) -> list:
+    """The toolbox's cost matrix (``hungarian.py``): 1 - co-occurrence / images over ids 1..N, computed in
+    float64 and stored as float32, as nested lists for ``Munkres.compute``."""
+    return (1.0 - cooccurrence[1:, 1:] / images).astype(np.float32).tolist()
+
+
+def match_ids(cooccurrence: np.ndarray, images: int) -> Dict[int, int]:
     """Prediction id -> gt id maximising the summed image-level co-occurrence; 0 (other) stays 0.
 
-    ``cooccurrence[i, j]`` counts the images whose prediction holds id i and whose ground truth holds id j.
+    ``cooccurrence[i, j]`` counts the images whose prediction holds id i and whose ground truth holds id j, over
+    ``images`` images. Solved as the toolbox does, with munkres on its float32 cost matrix
+    (:func:`munkres_cost`), so among equally good matchings the toolbox's is chosen.
+
+    >>> match_ids(np.array([[0, 0, 0], [0, 1, 3], [0, 2, 1]]), images=4)
+    {0: 0, 1: 2, 2: 1}
     """
-    rows, cols = linear_sum_assignment(cooccurrence[1:, 1:], maximize=True)
-    return {0: 0, **{int(r) + 1: int(c) + 1 for r, c in zip(rows, cols)}}
+    from munkres import Munkres, __version__ as version
+
+    if version != MUNKRES_VERSION:
+        warnings.warn(f"munkres {version} is installed; the ImageNet-S toolbox's matching used {MUNKRES_VERSION}, "
+                      f"and other releases choose differently among equally good matchings")
+    pairs = Munkres().compute(munkres_cost(np.asarray(cooccurrence), max(1, int(images))))
+    return {0: 0, **{int(r) + 1: int(c) + 1 for r, c in pairs}}
 
 
 def compute_matching(gt_dir, predict_dir, num_classes: int, workers: int = 1, progress: bool = False,
                      names: Optional[List[str]] = None) -> Dict[int, int]:
+    """The toolbox's matching of prediction ids to gt ids over the PNG pairs (see :func:`match_ids`)."""
     names = names or list_masks(gt_dir, predict_dir)
-    co = _map_chunks(_chunk_presence, gt_dir, predict_dir, names, num_classes, None, workers, progress,
+    co = _map_chunks(_chunk_presence, _folder_chunks(gt_dir, predict_dir, names, num_classes, None, workers),
+                     workers, progress, np.zeros((num_classes + 1, num_classes + 1), np.int64))
+    return match_ids(co, len(names))
+
+
+def _store_size(path) -> int:
+    from .store import SegmentationFile
+
+    with SegmentationFile(path) as f:
+        if not f.has_gt:
+            raise InputError(f"{path}: has no ground truth ('gt'); segment_images.py stores it when the list "
+                             "names masks (an ImageNet-S list with masks and --mask_root)")
+        return f.n
+
+
+def compute_store_matching(path, num_classes: int, workers: int = 1, progress: bool = False) -> Dict[int, int]:
+    """:func:`compute_matching` over the predicted class maps and ground truth of a segment_images.py store."""
+    n = _store_size(path)
+    co = _map_chunks(_store_presence, _store_chunks(path, n, num_classes, None, workers), workers, progress,
                      np.zeros((num_classes + 1, num_classes + 1), np.int64))
-    return match_ids(co)
+    return match_ids(co, n)
 
 
 def read_matching(path) -> Dict[int, int]:
@@ -302,6 +399,17 @@ def evaluate(gt_dir, predict_dir, num_classes: int, workers: int = 1, matching: 
     """The toolbox's figures over every gt mask under ``gt_dir`` and the prediction of the same name."""
     names = list_masks(gt_dir, predict_dir)
     lookup = None if matching is None else lookup_table(matching, num_classes)
-    counts = _map_chunks(_chunk_counts, gt_dir, predict_dir, names, num_classes, lookup, workers, progress,
+    counts = _map_chunks(_chunk_counts, _folder_chunks(gt_dir, predict_dir, names, num_classes, lookup, workers),
+                         workers, progress, Counts(num_classes))
+    return summarize(counts, classes)
+
+
+def evaluate_store(path, num_classes: int, workers: int = 1, matching: Optional[Dict[int, int]] = None,
+                   classes: Optional[Sequence[str]] = None, progress: bool = False) -> dict:
+    """The toolbox's figures from a segment_images.py store: its ``pred`` maps (the model's class ids, or ids
+    mapped through ``matching``) against its ``gt`` (the list's ImageNet-S masks), image by image."""
+    n = _store_size(path)
+    lookup = None if matching is None else lookup_table(matching, num_classes)
+    counts = _map_chunks(_store_counts, _store_chunks(path, n, num_classes, lookup, workers), workers, progress,
                          Counts(num_classes))
     return summarize(counts, classes)
