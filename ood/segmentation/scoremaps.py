@@ -7,12 +7,12 @@ sum p log p, ``gen`` generalized entropy (Liu et al., CVPR 2023).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
-import torch
-
-from ..detectors.logits import energy, gen, neg_entropy
 from ..errors import InputError
+
+if TYPE_CHECKING:  # torch loads on first use, so segment_images.py --help answers at once
+    import torch
 
 PIXEL_DETECTORS = ("msp", "maxlogit", "energy", "entropy", "gen")
 
@@ -26,10 +26,14 @@ def check_detectors(names: Sequence[str]) -> list:
     return names
 
 
-def score_maps(logits: torch.Tensor, detectors: Sequence[str], gamma: float = 0.1, M: int = 100,
-               T: float = 1.0, probs: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+def score_maps(logits: "torch.Tensor", detectors: Sequence[str], gamma: float = 0.1, M: int = 100,
+               T: float = 1.0, probs: Optional["torch.Tensor"] = None) -> Dict[str, "torch.Tensor"]:
     """``{name: [B, H, W] float32}`` from logits [B, C, H, W]; the softmax is computed once and shared (or
     given as ``probs`` by a caller that needs it too)."""
+    import torch
+
+    from ..detectors.logits import energy, gen, neg_entropy
+
     z = logits.float()
     p = probs if probs is not None else torch.softmax(z, dim=1) if {"msp", "entropy", "gen"} & set(detectors) else None
     fns = {"msp": lambda: p.max(1).values, "maxlogit": lambda: z.max(1).values, "energy": lambda: energy(z, T),
