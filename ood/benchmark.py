@@ -116,7 +116,11 @@ def run_benchmark(fc, train, test, oods: Sequence, methods=None, params: Optiona
                              "ID validation data (temp_scaling); neither is asked for")
         inputs.id_val = tuning.load_val("id_val", tune_id, inputs.train)
     if inputs.id_val is None and uses_id_val:
-        inputs.id_val, inputs.id_rest = tuning.hold_out(inputs.test)
+        try:
+            inputs.id_val, inputs.id_rest = tuning.hold_out(inputs.test)
+        except InputError as e:  # too few rows: those detectors fall back to what they fit without one
+            inputs.notes.append(f"no ID validation split for {', '.join(uses_id_val)}: {e}")
+    if inputs.id_rest is not None:
         inputs.notes.append(f"ID validation for {', '.join(uses_id_val)}: a seeded {inputs.id_val.n} of the {inputs.test.n} ID "
                             f"test rows, left out of the rows those detectors are scored on (give --tune_id "
                             f"for a separate file)")

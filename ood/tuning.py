@@ -146,6 +146,7 @@ def tune_inputs(inputs, methods: Sequence[str], params: dict, ood_val_path, id_v
         id_val, inputs.test = hold_out(inputs.test)
         source = (f"a seeded {VAL_SHARE:.0%} of the ID test split ({id_val.n} of {n_all} rows, seed {SEED}), "
                   f"left out of the reported results, which use the other {inputs.test.n}")
+    inputs.id_val = id_val  # also what the detectors that fit on ID validation data (temp_scaling) use
     inputs.notes.append(f"tuning: each grid point scored by AUROC of ID validation = {source} against "
                         f"{ood_val.name} ({ood_val.n} rows)")
     if log:
