@@ -4,22 +4,30 @@ Scores are "higher = more in-distribution"; ID is the positive class unless said
 - AUROC: trapezoid area under sklearn's ROC curve (ties get half credit).
 - AUPR-In / AUPR-Out: trapezoid area under sklearn's precision-recall curve, ID positive / OOD positive with
   negated scores (as ViM: ``metrics.auc(recall, precision)``, not average precision).
-- FPR95, three conventions, always named where printed:
+- FPR95, four conventions, always named where printed:
   ``vim``: t = the floor(0.95 N_id)-th largest ID score, FPR = share of OOD scores >= t (ViM, GEN).
   ``oe``: among distinct thresholds, the one whose ID recall is closest to 0.95 (Outlier Exposure, MOS).
   ``openood``: OOD positive, FPR of ID at the first point of sklearn's ROC curve (drop_intermediate=True)
-  whose OOD TPR reaches 0.95 (OpenOOD v1.5, pytorch-ood).
+  whose OOD TPR reaches 0.95 (OpenOOD v1.5).
+  ``pytorch_ood``: the same on the full ROC curve, every distinct threshold kept (pytorch-ood's
+  ``fpr_at_tpr``: ``pytorch_ood.metrics`` from 0.4, torchmetrics' ``binary_roc`` before). sklearn drops a point
+  where the curve goes on in an equal step (the thresholds on either side add the same numbers of ID and OOD
+  scores, as runs of tied ID-OOD pairs do); when the 0.95 crossing falls on such a collinear stretch, OpenOOD's
+  first kept point lies further along it and its FPR is the higher. Before 0.4, torchmetrics passed scores
+  outside [0, 1] through a float32 sigmoid, which rounds large outlier scores together (every one above about
+  17 becomes 1.0); 0.4 takes them as given, as here.
 """
 from __future__ import annotations
 
 import numpy as np
 from .errors import InputError
 
-FPR_CONVENTIONS = ("vim", "oe", "openood")
+FPR_CONVENTIONS = ("vim", "oe", "openood", "pytorch_ood")
 FPR_LABELS = {
     "vim": "FPR@95%TPR (ViM: ID-score threshold at the 95% recall rank)",
     "oe": "FPR@95%TPR (OE/MOS: threshold with ID recall closest to 95%)",
     "openood": "FPR@95%TPR (OpenOOD: OOD positive, first ROC point with TPR>=95%)",
+    "pytorch_ood": "FPR@95%TPR (pytorch-ood: OOD positive, first point of the full ROC curve with TPR>=95%)",
 }
 
 
@@ -88,10 +96,10 @@ def _fpr_sorted(c: _Sorted, convention: str, tpr: float) -> float:
         recall = np.r_[recall[last::-1], 1.0]
         fps = np.r_[c.fps[last::-1], 0.0]
         return float(fps[np.argmin(np.abs(recall - tpr))] / c.n_ood)
-    if convention == "openood":
+    if convention in ("openood", "pytorch_ood"):
         tps = c.n_ood - np.r_[c.fps[::-1][1:], 0.0]  # OOD caught, thresholds from the lowest ID-score up
         fps = c.n_id - np.r_[c.tps[::-1][1:], 0.0]
-        if tps.size > 2:
+        if convention == "openood" and tps.size > 2:  # sklearn's drop_intermediate
             keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
             tps, fps = tps[keep], fps[keep]
         tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]

@@ -92,3 +92,63 @@ def test_bad_scores_are_refused():
         metrics.evaluate(np.array([1.0, np.nan]), np.ones(3))
     with pytest.raises(ValueError, match="convention"):
         metrics.evaluate(np.ones(3), np.ones(3), fpr="nope")
+
+
+def pytorch_ood_reference(ind, ood, tpr=0.95):
+    # pytorch-ood fpr_at_tpr: OOD positive, outlier score = -score, every distinct threshold of torchmetrics'
+    # binary_roc kept; the first (highest) threshold whose OOD TPR reaches tpr
+    out_id, out_ood = -np.asarray(ind), -np.asarray(ood)
+    for t in sorted(set(np.r_[out_id, out_ood]), reverse=True):
+        if np.mean(out_ood >= t) >= tpr:
+            return np.mean(out_id >= t)
+
+
+def openood_slow(ind, ood, tpr=0.95):
+    # sklearn's roc_curve restated: counts at each distinct threshold, high outlier score first; a point is
+    # dropped when the steps before and after it are equal in both counts; (0, 0) prepended
+    out_id, out_ood = -np.asarray(ind), -np.asarray(ood)
+    thresholds = sorted(set(np.r_[out_id, out_ood]), reverse=True)
+    pts = [(np.sum(out_id >= t), np.sum(out_ood >= t)) for t in thresholds]
+    kept = [p for i, p in enumerate(pts) if i in (0, len(pts) - 1) or
+            (p[0] - pts[i - 1][0], p[1] - pts[i - 1][1]) != (pts[i + 1][0] - p[0], pts[i + 1][1] - p[1])]
+    for fp, tp in [(0, 0)] + kept:
+        if tp / len(ood) >= tpr:
+            return fp / len(ind)
+
+
+def tied_cases():
+    yield np.arange(20.0), np.arange(20.0)  # every threshold one ID and one OOD: all collinear, equal steps
+    yield np.repeat(np.arange(40.0), 2), np.r_[np.arange(40.0), -1 - np.arange(5.0)]  # ties of 2 ID + 1 OOD
+    rng = np.random.default_rng(4)
+    yield rng.integers(2, 9, 300).astype(float), rng.integers(0, 5, 200).astype(float)
+
+
+@pytest.mark.parametrize("case", list(tied_cases()) + list(cases()))
+def test_fpr_conventions_on_tied_scores_equal_slow_restatements(case):
+    ind, ood = case
+    assert metrics.fpr_at_tpr(ind, ood, "pytorch_ood") == pytest.approx(pytorch_ood_reference(ind, ood), abs=1e-15)
+    assert metrics.fpr_at_tpr(ind, ood, "openood") == pytest.approx(openood_slow(ind, ood), abs=1e-15)
+    assert openood_slow(ind, ood) == pytest.approx(openood_reference(ind, ood), abs=1e-15)
+    assert metrics.fpr_at_tpr(ind, ood, "vim") == pytest.approx(vim_reference(ind, ood), abs=1e-15)
+    assert metrics.fpr_at_tpr(ind, ood, "oe") == pytest.approx(oe_reference(ind, ood), abs=1e-15)
+    assert metrics.evaluate(ind, ood, fpr="pytorch_ood")["fpr95"] == metrics.fpr_at_tpr(ind, ood, "pytorch_ood")
+
+
+def test_pytorch_ood_and_openood_differ_on_a_collinear_stretch():
+    # 20 tied ID-OOD pairs: the full curve crosses 95 % OOD TPR at the 19th pair (FPR 0.95); sklearn keeps only
+    # the first pair's point and the end of the run, so OpenOOD reads FPR 1
+    ind = ood = np.arange(20.0)
+    assert metrics.fpr_at_tpr(ind, ood, "pytorch_ood") == 0.95
+    assert metrics.fpr_at_tpr(ind, ood, "openood") == 1.0
+    assert "pytorch-ood" in metrics.FPR_LABELS["pytorch_ood"]
+
+
+@pytest.mark.parametrize("case", list(tied_cases()) + list(cases()))
+def test_pytorch_ood_convention_equals_pytorch_oods_code(case):
+    pom = pytest.importorskip("pytorch_ood.metrics.functional")  # pytorch-ood >= 0.4
+    import torch
+    ind, ood = case
+    outlier = torch.tensor(-np.r_[ind, ood], dtype=torch.float64)
+    labels = torch.tensor(np.r_[np.zeros(len(ind)), -np.ones(len(ood))], dtype=torch.long)  # OOD: label < 0
+    assert float(pom.fpr_at_tpr(outlier, labels)) == pytest.approx(metrics.fpr_at_tpr(ind, ood, "pytorch_ood"),
+                                                                   abs=1e-15)
