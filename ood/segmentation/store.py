@@ -229,13 +229,15 @@ class SegmentationFile:
         lo, hi = self.offsets[i], self.offsets[i + 1]
         return self.dataset(name)[lo:hi].reshape(self.shapes[i])
 
-    def images(self, names: Sequence[str], pixels: int = 1 << 24) -> Iterator[tuple]:
-        """``(i, [map of each name])`` for every image in order, reading whole images in blocks of about
-        ``pixels`` (at least one image), so each compressed chunk is decoded about once, not once per image
-        that shares it."""
-        ends = self.offsets[1:]
-        i = 0
-        while i < self.n:
+    def images(self, names: Sequence[str], pixels: int = 1 << 24, start: int = 0,
+               stop: Optional[int] = None) -> Iterator[tuple]:
+        """``(i, [map of each name])`` for images ``start``..``stop - 1`` in order, reading whole images in
+        blocks of about ``pixels`` (at least one image), so each compressed chunk is decoded about once, not
+        once per image that shares it."""
+        stop = self.n if stop is None else min(stop, self.n)
+        ends = self.offsets[1:stop + 1]
+        i = start
+        while i < stop:
             j = max(i + 1, int(np.searchsorted(ends, self.offsets[i] + pixels, side="right")))
             lo = int(self.offsets[i])
             flat = [self.dataset(name)[lo:int(self.offsets[j])] for name in names]
