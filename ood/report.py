@@ -47,7 +47,8 @@ DISPLAY_NAMES = {
     "mahalanobis": "Mahalanobis", "kl_matching": "KL-Matching", "temp_scaling": "Temp. Scaling", "odin": "ODIN",
     "knn": "KNN", "nnguide": "NNGuide", "ash_p": "ASH-P", "ash_b": "ASH-B", "ash_s": "ASH-S", "scale": "SCALE",
     "vra": "VRA", "dice": "DICE", "she": "SHE", "nci": "NCI", "fdbd": "fDBD", "nusa": "NuSA", "neco": "NECO",
-    "rmd": "RMD", "mos": "MOS", "mcm": "MCM",
+    "rmd": "RMD", "mos": "MOS", "mcm": "MCM", "gmm": "GMM", "pnml": "pNML", "lts": "LTS",
+    "grad_uncertainty": "GradUncertainty", "openmax": "OpenMax", "relation": "Relation", "cfood": "CF-OOD",
 }
 
 
