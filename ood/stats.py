@@ -90,19 +90,30 @@ def moments(train: Split) -> dict:
     def compute():
         m = mean(train)
         m32 = train.tensor(m)
-        gram = torch.zeros(train.dim, train.dim, dtype=torch.float64, device=train.device)
         sum_c = torch.zeros(train.dim, dtype=torch.float64, device=train.device)
-        k = train.dim // 2  # the Gram is symmetric: three of its four quarters are computed
-        for _, _, h in train.blocks(rows=4096):
-            h = h - m32
-            a, c = h[:, :k], h[:, k:]
-            gram[:k, :k] += (a.T @ a).double()
-            gram[:k, k:] += (a.T @ c).double()
-            gram[k:, k:] += (c.T @ c).double()
-            sum_c += h.sum(0, dtype=torch.float64)
-        gram[k:, :k] = gram[:k, k:].T
-        return {"n": train.n, "mean": m, "sum_c": sum_c.cpu().numpy(), "gram": gram.cpu().numpy()}
+
+        def centred():
+            for _, _, h in train.blocks(rows=4096):
+                h = h - m32
+                sum_c.add_(h.sum(0, dtype=torch.float64))
+                yield h
+        gram = symmetric_gram(centred(), train.dim, train.device)
+        return {"n": train.n, "mean": m, "sum_c": sum_c.cpu().numpy(), "gram": gram}
     return train.memo("moments", compute)
+
+
+def symmetric_gram(blocks, dim: int, device) -> np.ndarray:
+    """X^T X [dim, dim] (float64 sums of float32 block products) of the row blocks ``blocks`` yields: the
+    matrix is symmetric, so three of its four quarters are computed."""
+    gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+    k = dim // 2
+    for h in blocks:
+        a, c = h[:, :k], h[:, k:]
+        gram[:k, :k] += (a.T @ a).double()
+        gram[:k, k:] += (a.T @ c).double()
+        gram[k:, k:] += (c.T @ c).double()
+    gram[k:, :k] = gram[:k, k:].T
+    return gram.cpu().numpy()
 
 
 def scatter_about(train: Split, center: np.ndarray) -> np.ndarray:

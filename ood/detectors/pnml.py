@@ -23,26 +23,31 @@ import math
 import numpy as np
 import torch
 
+from .. import stats
 from ..split import Split
 from .base import Detector, register
 from .mahalanobis import pinv_factor, rank_note
 
 
+def row_norms(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows scaled to unit L2 norm, float32; their norms, float64). Each row is first divided by its largest
+    absolute value, so a huge row cannot overflow the float32 sum of squares; zero rows stay zero (norm 0)."""
+    peak = h.abs().amax(1, keepdim=True)
+    scaled = h / torch.where(peak > 0, peak, torch.ones_like(peak))
+    inner = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+    unit = scaled / torch.where(inner > 0, inner, torch.ones_like(inner))
+    return unit, peak.double() * inner.double()
+
+
 def normalized(h: torch.Tensor) -> torch.Tensor:
-    """Rows divided by their L2 norm (norm in float64, so huge rows cannot overflow it); zero rows stay zero."""
-    norm = torch.linalg.vector_norm(h.double(), dim=1, keepdim=True)
-    return (h.double() / torch.where(norm > 0, norm, torch.ones_like(norm))).to(h.dtype)
+    """Rows divided by their L2 norm; zero rows stay zero."""
+    return row_norms(h)[0]
 
 
 def normalized_gram(train: Split) -> np.ndarray:
     """X^T X of the L2-normalised train features, float64, in one streamed pass (memoised)."""
-    def compute():
-        gram = torch.zeros(train.dim, train.dim, dtype=torch.float64, device=train.device)
-        for _, _, h in train.blocks():
-            x = normalized(h)
-            gram += (x.T @ x).double()
-        return gram.cpu().numpy()
-    return train.memo("normalized_gram", compute)
+    return train.memo("normalized_gram", lambda: stats.symmetric_gram(
+        (normalized(h) for _, _, h in train.blocks(rows=4096)), train.dim, train.device))
 
 
 def log_regret_terms(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -79,10 +84,17 @@ class PNML(Detector):
         F = split.tensor(self.F_)
         C = split.num_classes
 
+        z_all = split.logits  # kept for the run: the head of a normalised row is (z - b) / |h| + b
+
         def block(lo, hi, h):
-            x = normalized(h)
+            x, norm = row_norms(h)
             q = ((x @ F).double() ** 2).sum(1)
-            terms = log_regret_terms(split.apply_head(x), q / (1 + q))
+            b = split.bias.double()
+            z = (split.tensor(z_all[lo:hi], dtype=torch.float64) - b) / torch.where(norm > 0, norm, 1.0) + b
+            bad = ~torch.isfinite(z).all(1)  # logits that overflowed float32 before the division
+            if bool(bad.any()):
+                z[bad] = split.apply_head(x[bad]).double()
+            terms = log_regret_terms(z, q / (1 + q))
             regret = torch.logsumexp(terms, dim=1)
             return -regret / math.log(C) if C > 1 else -regret
         return split.map_blocks(block, dtype=np.float64)
