@@ -53,12 +53,26 @@ class _Percentile(Detector):
         return _energy_of(split, lambda h: self.logits(split, h, k))
 
 
+def pruned_energies(split: Split, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ASH-P, ASH-S) energies of every row for ``k`` kept elements, from one product W prune(h) per block:
+    ASH-S only rescales it, exp(s1 / s2) (W prune(h)) + b. Memoised per k, so the two detectors share it."""
+    def compute():
+        def block(lo, hi, h):
+            p, _, v = prune(h, k)
+            z = p @ split.weight.T
+            scale = torch.exp(sum_ratio(h.sum(1), v.sum(1)))[:, None]
+            return torch.stack([energy(z + split.bias), energy(scale * z + split.bias)], 1)
+        both = split.map_blocks(block, dtype=np.float64)
+        return both[:, 0].copy(), both[:, 1].copy()
+    return split.memo(("ash_pruned_energies", k), compute)
+
+
 @register("ash_p")
 class ASHP(_Percentile):
     """ASH-P: energy of W prune(h) + b."""
 
-    def logits(self, split, h, k):
-        return split.apply_head(prune(h, k)[0])
+    def score(self, split):
+        return pruned_energies(split, kept(split.dim, self.percentile))[0]
 
 
 @register("ash_b")
@@ -75,22 +89,27 @@ class ASHB(_Percentile):
 class ASHS(_Percentile):
     """ASH-S: energy of W (prune(h) exp(s1 / s2)) + b."""
 
-    def logits(self, split, h, k):
-        p, _, v = prune(h, k)
-        r = sum_ratio(h.sum(1), v.sum(1))
-        return torch.exp(r)[:, None] * (p @ split.weight.T) + split.bias
+    def score(self, split):
+        return pruned_energies(split, kept(split.dim, self.percentile))[1]
 
 
 @register("scale")
 class SCALE(_Percentile):
-    """SCALE: energy of W (h exp(s1 / s2)) + b, the row itself unpruned."""
+    """SCALE: energy of W (h exp(s1 / s2)) + b, the row itself unpruned: exp(s1 / s2) (z - b) + b with the
+    logits z kept for the run, so it costs no product of its own."""
 
     def __init__(self, percentile: float = 85):
         super().__init__(percentile)
 
-    def logits(self, split, h, k):
-        r = sum_ratio(h.sum(1), torch.topk(h, k, dim=1).values.sum(1))
-        return torch.exp(r)[:, None] * (h @ split.weight.T) + split.bias
+    def score(self, split):
+        k = kept(split.dim, self.percentile)
+        z_all = split.logits
+
+        def block(lo, hi, h):
+            r = sum_ratio(h.sum(1), torch.topk(h, k, dim=1).values.sum(1))
+            b = split.bias
+            return energy(torch.exp(r)[:, None] * (split.tensor(z_all[lo:hi]) - b) + b)
+        return split.map_blocks(block, dtype=np.float64)
 
 
 @register("vra")
