@@ -46,6 +46,7 @@ class LTS(Detector):
 
     def score(self, split):
         k = max(1, kept(split.dim, self.percentile))
+        z = split.logits  # kept for the run: no product of its own
         return split.map_blocks(
-            lambda lo, hi, h: torch.logsumexp(lts_scale(h, k)[:, None] * split.apply_head(h).double(), dim=1),
+            lambda lo, hi, h: torch.logsumexp(lts_scale(h, k)[:, None] * split.tensor(z[lo:hi], torch.float64), dim=1),
             dtype=np.float64)
