@@ -212,6 +212,10 @@ class Split:
         return z
 
     # ------------------------------------------------------------------ compute helpers
+    def memoised(self, key) -> bool:
+        """Whether ``key`` has been computed for this split (see :meth:`memo`)."""
+        return key in self._memo
+
     def memo(self, key, fn: Callable):
         if key not in self._memo:
             self._memo[key] = fn()

@@ -32,8 +32,21 @@ def quantile(x, q: float) -> float:
     >>> quantile(x, 0.99) == float(np.quantile(x, 0.99))
     True
     """
-    if not 0.0 <= q <= 1.0:
-        raise InputError(f"quantile must be in [0, 1], got {q}")
+    return quantiles(x, [q])[0]
+
+
+def quantiles(x, qs) -> list:
+    """:func:`quantile` of each of ``qs``, sharing the passes over ``x``: one sample brackets all of them, one
+    pass counts and keeps the values of every bracket (a bracket the sample missed is widened and retried).
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(1).normal(size=(500, 9)).astype(np.float32)
+    >>> quantiles(x, [0.1, 0.9]) == [float(np.quantile(x, 0.1)), float(np.quantile(x, 0.9))]
+    True
+    """
+    for q in qs:
+        if not 0.0 <= q <= 1.0:
+            raise InputError(f"quantile must be in [0, 1], got {q}")
     if isinstance(x, Split):
         n = x.n * x.dim
         dtype = np.dtype(np.float32)
@@ -52,27 +65,35 @@ def quantile(x, q: float) -> float:
     if n == 0:
         raise InputError("quantile of an empty array")
     if n <= _CHUNK:
-        return float(np.quantile(np.concatenate(list(chunks())), q))
-    pos = q * (n - 1)
-    k = int(np.floor(pos))
-    k2 = min(k + 1, n - 1)
+        whole = np.concatenate(list(chunks()))
+        return [float(np.quantile(whole, q)) for q in qs]
     rng = np.random.default_rng(0)
     per_chunk = [c[rng.integers(0, c.size, max(1, (c.size * (1 << 20)) // n))] for c in chunks()]
     sample = np.sort(np.concatenate(per_chunk))
+    out = {}
     for margin in (8.0, 64.0, 512.0, np.inf):
+        todo = [q for q in qs if q not in out]
+        if not todo:
+            break
         delta = margin / np.sqrt(sample.size)
-        lo = sample[max(0, int((q - delta) * (sample.size - 1)))] if q - delta > 0 else -np.inf
-        hi = sample[min(sample.size - 1, int(np.ceil((q + delta) * (sample.size - 1))))] if q + delta < 1 else np.inf
-        below, inside = 0, []
+        brackets = [(sample[max(0, int((q - delta) * (sample.size - 1)))] if q - delta > 0 else -np.inf,
+                     sample[min(sample.size - 1, int(np.ceil((q + delta) * (sample.size - 1))))]
+                     if q + delta < 1 else np.inf) for q in todo]
+        below, inside = [0] * len(todo), [[] for _ in todo]
         for c in chunks():
-            below += int(np.count_nonzero(c < lo))
-            inside.append(c[(c >= lo) & (c <= hi)])
-        inside = np.concatenate(inside)
-        if below <= k and k2 < below + inside.size:
-            kth = np.partition(inside, [k - below, k2 - below])
-            a, b = kth[k - below], kth[k2 - below]
-            return float(np.quantile(np.array([a, b], dtype=dtype), pos - k))
-    raise AssertionError("the unbounded bracket holds every value")
+            for i, (lo, hi) in enumerate(brackets):
+                below[i] += int(np.count_nonzero(c < lo))
+                inside[i].append(c[(c >= lo) & (c <= hi)])
+        for i, q in enumerate(todo):
+            pos = q * (n - 1)
+            k = int(np.floor(pos))
+            k2 = min(k + 1, n - 1)
+            kept = np.concatenate(inside[i])
+            if below[i] <= k and k2 < below[i] + kept.size:
+                kth = np.partition(kept, [k - below[i], k2 - below[i]])
+                a, b = kth[k - below[i]], kth[k2 - below[i]]
+                out[q] = float(np.quantile(np.array([a, b], dtype=dtype), pos - k))
+    return [out[q] for q in qs]
 
 
 def mean(split: Split) -> np.ndarray:

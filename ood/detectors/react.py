@@ -23,7 +23,16 @@ def clipped_logits(split: Split, c: float) -> np.ndarray:
 
 
 def train_clip(train: Split, q: float) -> float:
-    return train.memo(("quantile", float(q)), lambda: stats.quantile(train, q))
+    return train_clips(train, [q])[0]
+
+
+def train_clips(train: Split, qs) -> list:
+    """Train-feature quantiles, memoised one by one; those not yet known are found in shared passes."""
+    missing = [float(q) for q in qs if not train.memoised(("quantile", float(q)))]
+    if missing:
+        for q, value in zip(missing, stats.quantiles(train, missing)):
+            train.memo(("quantile", q), lambda value=value: value)
+    return [train.memo(("quantile", float(q)), lambda: None) for q in qs]
 
 
 def local_clip(split: Split, q: float) -> float:

@@ -14,7 +14,7 @@ import torch
 from ..split import Split
 from .base import Detector, register
 from .logits import energy
-from .react import train_clip
+from .react import train_clips
 from ..errors import InputError
 
 PERCENTILES = [65, 70, 75, 80, 85, 90, 95]
@@ -129,8 +129,7 @@ class VRA(Detector):
         if not 0 <= self.percentile_low <= self.percentile_high <= 100:
             raise InputError(f"vra needs 0 <= percentile_low <= percentile_high <= 100, got "
                              f"{self.percentile_low} and {self.percentile_high}")
-        self.low_ = train_clip(train, self.percentile_low / 100.0)
-        self.high_ = train_clip(train, self.percentile_high / 100.0)
+        self.low_, self.high_ = train_clips(train, [self.percentile_low / 100.0, self.percentile_high / 100.0])
         if self.low_ == self.high_:
             self.note(f"its low and high train percentiles are equal ({self.low_:g}): every feature is clipped to "
                       f"that value, so every row gets the same score")
