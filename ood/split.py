@@ -171,8 +171,10 @@ class Split:
 
     @labels.setter
     def labels(self, value: np.ndarray):
-        """Set the labels; every memoised value that depends on them (keys holding LABELS) is dropped."""
+        """Set the labels; every memoised value that depends on them (keys holding LABELS) is dropped, and the
+        split takes a new ``uid``: values cached elsewhere from a fit on the old labels are not found again."""
         self._labels = np.asarray(value, dtype=np.int64)
+        self.uid = next(_UIDS)
         for key in [k for k in self._memo if isinstance(k, tuple) and LABELS in k]:
             del self._memo[key]
 

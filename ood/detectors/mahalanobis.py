@@ -90,6 +90,9 @@ class Mahalanobis(Detector):
         return self
 
     def score(self, split):
-        L, v, c = split.tensor(self.L_), split.tensor(self.v_), split.tensor(self.center_)
-        vv = (v * v).sum(1)
-        return split.map_blocks(lambda lo, hi, h: -min_sq_distance(h, c, L, v, vv), dtype=np.float64)
+        def compute():
+            L, v, c = split.tensor(self.L_), split.tensor(self.v_), split.tensor(self.center_)
+            vv = (v * v).sum(1)
+            return split.map_blocks(lambda lo, hi, h: -min_sq_distance(h, c, L, v, vv), dtype=np.float64)
+        # memoised per fitted train split: rmd adds its background distance to these same scores
+        return split.memo(("mahalanobis_scores", self.train_uid_), compute).copy()
