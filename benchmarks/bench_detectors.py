@@ -82,7 +82,7 @@ def work(n_tr, n_s, C, D, dim) -> dict:
         "kNN search": 2 * n_tr * n_s * D, "NNGuide bank search": 2 * -(-n_tr // 100) * n_s * D,
         **{f"{m} product": logits for m in ("ash_p/ash_s", "ash_b", "vra", "dice", "nusa", "fdbd")},
         "NECO PCA and projection": eig + 2 * n_s * D * D,
-        "RMD two precisions and products": 2 * eig + 4 * n_s * D * D + 2 * n_s * D * C,
+        "RMD background precision and products": eig + 2 * n_s * D * D,
         "pNML normalised Gram, pinv, projection": gram + eig + 2 * n_s * D * D,
         "OpenMax two train logit passes": 2 * 2 * n_tr * D * C,
     }
@@ -103,7 +103,7 @@ NEEDS = {
     **{m: [f"{m} product"] for m in ("ash_b", "vra", "dice", "nusa")},
     "fdbd": ["scored logits", "fdbd product"],
     "neco": ["scored logits", "train Gram", "NECO PCA and projection"],
-    "rmd": ["train Gram", "RMD two precisions and products"],
+    "rmd": ["train Gram", "Mahalanobis precision and products", "RMD background precision and products"],
     "pnml": ["scored logits", "pNML normalised Gram, pinv, projection"],
     "openmax": ["scored logits", "OpenMax two train logit passes"],
 }
