@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .cli import add_device_option, run_main, stderr_log
-from .errors import InputError
+from .errors import InputError, ParameterError
 
 VIM_FLAGS = ("clip_quantile", "clip_quantile_local", "gamma", "M")
 PLUGIN_GROUP = "ood.detectors"
@@ -199,6 +199,14 @@ def main(argv=None) -> int:
             from .report import check_report_options
             check_report_options([Path(f).stem for f in args.ood_features], args.near, args.far, args.sort,
                                  args.bootstrap)
+        else:
+            unused = [flag for flag, value in (("--near", args.near), ("--far", args.far), ("--sort", args.sort),
+                                               ("--bootstrap", args.bootstrap), ("--tune", args.tune),
+                                               ("--tune_id", args.tune_id), ("--head", args.head),
+                                               ("--plot_format", args.plot_format != "png")) if value]
+            if unused:
+                raise ParameterError(f"--protocol sood does not take {', '.join(unused)} (its report is the "
+                                     f"accuracy and detection tables of ood.sood)")
         load_plugins(args.plugin)
         from .detectors import parse_param_args
 

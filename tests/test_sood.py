@@ -152,3 +152,12 @@ def test_sood_bad_holdout_is_one_line(files, capsys):
     assert run(d, "train_iid", "test_easy_ood", "test_hard_ood", extra=("--holdout", "1.5")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "held-out fraction" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sood_protocol_refuses_report_options_it_does_not_use(tmp_path, capsys):
+    from ood.benchmark import main
+
+    files = [str(tmp_path / f"{n}.h5") for n in ("fc", "train_iid", "test_iid", "test_easy_ood")]
+    assert main([*files, "--protocol", "sood", "--bootstrap", "10", "--near", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "--protocol sood does not take --near, --bootstrap" in err and len(err.strip().splitlines()) == 1
