@@ -116,7 +116,7 @@ def evaluate_ood(path, detectors: Optional[Sequence[str]] = None, ood_ids=None, 
     :func:`~ood.segmentation.pixel_ood.smiyc_prediction`), for numbers to compare with the leaderboard; a
     ``thresholds`` value is in score units there too (OOD below it). Each pass reads every image once.
     """
-    from tqdm import tqdm
+    from ..progress import progress as bar
 
     if curve not in ("exact", "smiyc"):
         raise InputError(f"curve must be exact or smiyc, got {curve!r}")
@@ -141,8 +141,8 @@ def evaluate_ood(path, detectors: Optional[Sequence[str]] = None, ood_ids=None, 
         if smiyc:
             curves = {d: pixel_ood.SmiycCurve() for d in detectors}
             paths = f.paths()
-            for i, (gt, *maps) in tqdm(f.images(["gt"] + detectors), total=f.n, unit="img", disable=not progress,
-                                       leave=False):
+            for i, (gt, *maps) in bar(f.images(["gt"] + detectors), total=f.n, desc="smiyc curve", unit="img",
+                                      quiet=not progress):
                 y = label(gt)
                 for d, s in zip(detectors, maps):
                     curves[d].add(s, y, f"{path}: image {i} ({paths[i]})")
@@ -169,8 +169,8 @@ def evaluate_ood(path, detectors: Optional[Sequence[str]] = None, ood_ids=None, 
             stats = {d: pixel_ood.ComponentStats() for d in detectors}
             for d in detectors:
                 records[d]["component_threshold"] = thresholds.get(d, records[d]["threshold"])
-            for _, (gt, *maps) in tqdm(f.images(["gt"] + detectors), total=f.n, unit="img", disable=not progress,
-                                       leave=False):
+            for _, (gt, *maps) in bar(f.images(["gt"] + detectors), total=f.n, desc="components", unit="img",
+                                      quiet=not progress):
                 y = label(gt)
                 for d, s in zip(detectors, maps):
                     thr = records[d]["component_threshold"]

@@ -287,9 +287,9 @@ def _store_chunks(path, n: int, num_classes: int, lookup, workers) -> list:
 
 def _map_chunks(fn, chunks, workers, progress, total):
     """Apply ``fn`` to chunks of images in ``workers`` processes and sum the results, with a progress bar."""
-    from tqdm import tqdm
+    from ..progress import Progress
 
-    bar = tqdm(total=sum(k for _, k in chunks), unit="img", disable=not progress, leave=False)
+    bar = Progress(total=sum(k for _, k in chunks), desc="imagenet_s", unit="img", quiet=not progress)
     try:
         if workers <= 1:
             for args, k in chunks:
