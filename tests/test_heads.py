@@ -231,3 +231,14 @@ def test_zeroshot_head_from_a_random_init_open_clip_model(tmp_path, capsys):
             want.append(scale * m / np.linalg.norm(m))
     np.testing.assert_allclose(head.weight, np.array(want), rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(head.bias, 0)
+
+
+def test_train_refuses_an_existing_or_unwritable_head_before_training(tmp_path, capsys):
+    from ood.heads.__main__ import main
+
+    out = tmp_path / "head.h5"
+    out.write_text("keep me")
+    assert main(["train", str(tmp_path / "missing.h5"), str(out), "--groups", "none"]) == 2
+    assert "exists already" in capsys.readouterr().err and out.read_text() == "keep me"
+    assert main(["train", str(tmp_path / "missing.h5"), str(tmp_path), "--groups", "none"]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from ..cli import add_device_option
+from ..cli import add_device_option, run_main
 from ..checks import check_finite_rows, check_labels
 from ..data import read_groups as read_group_counts, read_labels
 from ..features import FeatureFile, FeatureFileError, write_fc
@@ -122,13 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from ..fileio import check_writable
+
     args = build_parser().parse_args(argv)
-    try:
+
+    def go():
+        check_writable(args.out, "head file")  # before any training
+        if Path(args.out).exists() and not args.overwrite:
+            raise InputError(f"{args.out}: exists already; pass --overwrite to replace it")
         print(args.run(args))
-    except (InputError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+    return run_main(go)
 
 
 if __name__ == "__main__":
