@@ -65,3 +65,25 @@ def write_problem(directory, seed=5, model="toy", ood_model=None):
         write_features(directory / f"{name}.h5", x, labels=y, model=ood_model if name == "near" and ood_model else model)
         paths[name] = directory / f"{name}.h5"
     return paths
+
+
+def float64_arrays(problem):
+    """(W, b, train features, train labels) of a :func:`make_problem` problem, the arrays in float64."""
+    W = problem["head"].weight.astype(np.float64)
+    b = problem["head"].bias.astype(np.float64)
+    xtr, ytr = problem["arrays"]["train"]
+    return W, b, xtr.astype(np.float64), ytr
+
+
+def assert_matches_slow(problem, name, slow, rtol=1e-5, atol=1e-6, **params):
+    """Fit ``name`` on the problem's train split and compare its float64 scores of the test and OOD splits with
+    ``slow(row)``, a float64 restatement called once per row; returns the fitted detector."""
+    from ood.detectors import create
+
+    det = create(name, **params).fit(problem["train"])
+    for key in ("test", "ood"):
+        got = det.score(problem[key])
+        want = np.array([slow(h) for h in problem["arrays"][key][0].astype(np.float64)])
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{name} on {key}")
+    return det

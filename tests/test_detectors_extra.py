@@ -14,25 +14,10 @@ from ood.detectors import create, knn, list_detectors
 from ood.features import Head
 from ood.split import Split
 
+from .helpers import assert_matches_slow, float64_arrays
+
 EXTRA = ["temp_scaling", "odin", "knn", "nnguide", "ash_p", "ash_b", "ash_s", "scale", "vra", "dice", "she",
          "nci", "fdbd", "nusa", "neco", "rmd"]
-
-
-def arrays(problem):
-    W = problem["head"].weight.astype(np.float64)
-    b = problem["head"].bias.astype(np.float64)
-    xtr, ytr = problem["arrays"]["train"]
-    return W, b, xtr.astype(np.float64), ytr
-
-
-def assert_matches_slow(problem, name, slow, rtol=1e-5, atol=1e-6, **params):
-    det = create(name, **params).fit(problem["train"])
-    for key in ("test", "ood"):
-        got = det.score(problem[key])
-        want = np.array([slow(h) for h in problem["arrays"][key][0].astype(np.float64)])
-        assert got.dtype == np.float64
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{name} on {key}")
-    return det
 
 
 def energy(z):
@@ -49,7 +34,7 @@ def test_registry_has_every_extra_detector_with_a_grid_of_its_own_parameters():
 
 @pytest.mark.parametrize("T", [1.0, 1000.0])
 def test_odin_without_noise(problem, T):
-    W, b, _, _ = arrays(problem)
+    W, b, _, _ = float64_arrays(problem)
     assert_matches_slow(problem, "odin", lambda h: log_odds(softmax((W @ h + b) / T).max()), atol=1e-5, T=T)
 
 
@@ -94,13 +79,13 @@ def knn_distances(xtr, h):
 def test_knn_kth_distance(problem, k, monkeypatch):
     monkeypatch.setattr(knn, "faiss", None)
     monkeypatch.setattr(knn, "BANK_ROWS", 64)  # many blocks: the running top-k merge is exercised
-    _, _, xtr, _ = arrays(problem)
+    _, _, xtr, _ = float64_arrays(problem)
     assert_matches_slow(problem, "knn", lambda h: -knn_distances(xtr, h)[k - 1], rtol=1e-4, atol=1e-5, k=k)
 
 
 def test_knn_ranks_as_openood_squared_distance(problem, monkeypatch):
     monkeypatch.setattr(knn, "faiss", None)
-    _, _, xtr, _ = arrays(problem)
+    _, _, xtr, _ = float64_arrays(problem)
     x = problem["arrays"]["ood"][0].astype(np.float64)
     openood = np.array([-knn_distances(xtr, h)[49] ** 2 for h in x])
     ours = create("knn", k=50).fit(problem["train"]).score(problem["ood"])
@@ -112,14 +97,14 @@ def test_knn_smaller_k_reuses_the_larger_search(problem, monkeypatch):
     big = create("knn", k=20).fit(problem["train"])
     big.score(problem["test"])
     small = create("knn", k=3).fit(problem["train"]).score(problem["test"])
-    _, _, xtr, _ = arrays(problem)
+    _, _, xtr, _ = float64_arrays(problem)
     want = [-knn_distances(xtr, h)[2] for h in problem["arrays"]["test"][0].astype(np.float64)]
     np.testing.assert_allclose(small, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(knn.faiss is None, reason="faiss is not installed")
 def test_knn_faiss_path(problem):
-    _, _, xtr, _ = arrays(problem)
+    _, _, xtr, _ = float64_arrays(problem)
     assert_matches_slow(problem, "knn", lambda h: -knn_distances(xtr, h)[9], rtol=1e-4, atol=1e-5, k=10)
 
 
@@ -132,7 +117,7 @@ def test_knn_refuses_k_above_the_bank(problem):
 @pytest.mark.parametrize("k", [5, 100])
 def test_nnguide_full_bank(problem, k, monkeypatch):
     monkeypatch.setattr(knn, "faiss", None)
-    W, b, xtr, _ = arrays(problem)
+    W, b, xtr, _ = float64_arrays(problem)
     bank = xtr / np.linalg.norm(xtr, axis=1, keepdims=True) * np.array([energy(W @ x + b) for x in xtr])[:, None]
 
     def slow(h):
@@ -156,13 +141,13 @@ def ash_prune(h, percentile):
 
 @pytest.mark.parametrize("percentile", [65, 90])
 def test_ash_p(problem, percentile):
-    W, b, _, _ = arrays(problem)
+    W, b, _, _ = float64_arrays(problem)
     assert_matches_slow(problem, "ash_p", lambda h: energy(W @ ash_prune(h, percentile)[0] + b), percentile=percentile)
 
 
 @pytest.mark.parametrize("percentile", [65, 90])
 def test_ash_b(problem, percentile):
-    W, b, _, _ = arrays(problem)
+    W, b, _, _ = float64_arrays(problem)
 
     def slow(h):
         _, keep, k = ash_prune(h, percentile)
@@ -174,7 +159,7 @@ def test_ash_b(problem, percentile):
 
 @pytest.mark.parametrize("percentile", [65, 90])
 def test_ash_s(problem, percentile):
-    W, b, _, _ = arrays(problem)
+    W, b, _, _ = float64_arrays(problem)
 
     def slow(h):
         p, _, _ = ash_prune(h, percentile)
@@ -184,7 +169,7 @@ def test_ash_s(problem, percentile):
 
 @pytest.mark.parametrize("percentile", [65, 85])
 def test_scale(problem, percentile):
-    W, b, _, _ = arrays(problem)
+    W, b, _, _ = float64_arrays(problem)
 
     def slow(h):
         p, _, _ = ash_prune(h, percentile)
@@ -193,21 +178,21 @@ def test_scale(problem, percentile):
 
 
 def test_vra(problem):
-    W, b, xtr, _ = arrays(problem)
+    W, b, xtr, _ = float64_arrays(problem)
     lo, hi = np.percentile(problem["arrays"]["train"][0].ravel(), [5, 95])
     assert_matches_slow(problem, "vra", lambda h: energy(W @ np.clip(h, lo, hi) + b), percentile_low=5, percentile_high=95)
 
 
 @pytest.mark.parametrize("sparsity", [0.7, 0.9])
 def test_dice(problem, sparsity):
-    W, b, xtr, _ = arrays(problem)
+    W, b, xtr, _ = float64_arrays(problem)
     contrib = xtr.mean(0)[None, :] * W
     masked = W * (contrib > np.percentile(contrib, 100 * sparsity))  # OpenOOD's p = 100 * sparsity
     assert_matches_slow(problem, "dice", lambda h: energy(masked @ h + b), rtol=1e-5, sparsity=sparsity)
 
 
 def test_she(problem):
-    W, b, xtr, ytr = arrays(problem)
+    W, b, xtr, ytr = float64_arrays(problem)
     pred = np.array([np.argmax(W @ x + b) for x in xtr])
     means = []
     for c in range(W.shape[0]):
@@ -228,7 +213,7 @@ def test_she_class_without_a_correct_train_sample_falls_back_to_the_train_mean(p
 
 @pytest.mark.parametrize("alpha", [0.0001, 0.1])
 def test_nci(problem, alpha):
-    W, b, xtr, _ = arrays(problem)
+    W, b, xtr, _ = float64_arrays(problem)
     m = xtr.mean(0)
 
     def slow(h):
@@ -247,13 +232,13 @@ def fdbd_openood(W, b, m, h):
 
 @pytest.mark.parametrize("center", [True, False])
 def test_fdbd_is_openood_over_c_minus_1(problem, center):
-    W, b, xtr, _ = arrays(problem)
+    W, b, xtr, _ = float64_arrays(problem)
     m = xtr.mean(0) if center else np.zeros(W.shape[1])
     assert_matches_slow(problem, "fdbd", lambda h: fdbd_openood(W, b, m, h) / (W.shape[0] - 1), rtol=1e-4, center=center)
 
 
 def test_nusa(problem):
-    W, b, _, _ = arrays(problem)
+    W, b, _, _ = float64_arrays(problem)
     P = np.linalg.pinv(W) @ W
     assert_matches_slow(problem, "nusa", lambda h: np.linalg.norm(P @ h) / np.linalg.norm(h), rtol=1e-5)
 
@@ -267,7 +252,7 @@ def test_nusa_is_one_when_the_head_spans_the_features():
 
 @pytest.mark.parametrize("params", [{}, {"dim": 3}, {"variance": 0.5}])
 def test_neco_against_sklearn(problem, params):
-    W, b, xtr, _ = arrays(problem)
+    W, b, xtr, _ = float64_arrays(problem)
     ss = StandardScaler().fit(xtr)
     pca = PCA(xtr.shape[1]).fit(ss.transform(xtr))
     dim = params.get("dim") or int(np.argmax(np.cumsum(pca.explained_variance_ratio_) >= params.get("variance", 0.9)
@@ -281,7 +266,7 @@ def test_neco_against_sklearn(problem, params):
 
 
 def test_rmd_as_openood(problem):
-    W, b, xtr, ytr = arrays(problem)
+    W, b, xtr, ytr = float64_arrays(problem)
     C = W.shape[0]
     means = np.stack([xtr[ytr == c].mean(0) for c in range(C)])
     P = EmpiricalCovariance().fit(np.concatenate([xtr[ytr == c] - means[c] for c in range(C)])).precision_

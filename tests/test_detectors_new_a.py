@@ -1,5 +1,6 @@
 """Temperature scaling fitted on ID validation data, and GMM, pNML, LTS and head gradient uncertainty: each against
 a slow float64 restatement written here (one row at a time), and against pytorch-ood's own code when installed."""
+import functools
 import math
 import re
 import sys
@@ -16,26 +17,11 @@ from ood.detectors import create, get_detector_class, gmm
 from ood.features import Head
 from ood.split import Split
 
-from .helpers import write_problem
+from .helpers import assert_matches_slow as _assert_matches_slow, float64_arrays, write_problem
+
+assert_matches_slow = functools.partial(_assert_matches_slow, rtol=1e-6, atol=1e-8)  # tighter than the default
 
 NEW = ["gmm", "pnml", "lts", "grad_uncertainty"]
-
-
-def arrays(problem):
-    W = problem["head"].weight.astype(np.float64)
-    b = problem["head"].bias.astype(np.float64)
-    xtr, ytr = problem["arrays"]["train"]
-    return W, b, xtr.astype(np.float64), ytr
-
-
-def assert_matches_slow(problem, name, slow, rtol=1e-6, atol=1e-8, **params):
-    det = create(name, **params).fit(problem["train"])
-    for key in ("test", "ood"):
-        got = det.score(problem[key])
-        want = np.array([slow(h) for h in problem["arrays"][key][0].astype(np.float64)])
-        assert got.dtype == np.float64
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{name} on {key}")
-    return det
 
 
 def head_module(problem):
@@ -190,13 +176,13 @@ def gmm_slow(xtr, ytr, reg):
 
 @pytest.mark.parametrize("reg", [1e-6, 1e-1])
 def test_gmm_is_the_class_mixture_log_density(problem, reg):
-    _, _, xtr, ytr = arrays(problem)
+    _, _, xtr, ytr = float64_arrays(problem)
     assert_matches_slow(problem, "gmm", gmm_slow(xtr, ytr, reg), rtol=1e-6, reg=reg)
 
 
 def test_gmm_equals_pytorch_ood(problem):
     pood = pytest.importorskip("pytorch_ood.detector")
-    _, _, xtr, ytr = arrays(problem)
+    _, _, xtr, ytr = float64_arrays(problem)
     theirs = pood.GMM(None, reg=1e-6).fit_features(torch.as_tensor(xtr), torch.as_tensor(ytr))
     x = problem["arrays"]["ood"][0]
     ours = create("gmm").fit(problem["train"]).score(problem["ood"])
@@ -234,7 +220,7 @@ def test_gmm_small_class_is_noted_and_huge_features_raise_the_jitter():
 
 
 def pnml_slow(problem):
-    W, b, xtr, _ = arrays(problem)
+    W, b, xtr, _ = float64_arrays(problem)
     X = xtr / np.linalg.norm(xtr, axis=1, keepdims=True)
     P = np.linalg.pinv(X.T @ X)
 
@@ -253,7 +239,7 @@ def test_pnml_regret(problem):
 
 def test_pnml_equals_pytorch_ood(problem):
     pood = pytest.importorskip("pytorch_ood.detector")
-    _, _, xtr, ytr = arrays(problem)
+    _, _, xtr, ytr = float64_arrays(problem)
     theirs = pood.PNML(None, head_module(problem)).fit_features(torch.as_tensor(xtr, dtype=torch.float32),
                                                                 torch.as_tensor(ytr))
     x = torch.as_tensor(problem["arrays"]["ood"][0])
@@ -275,7 +261,7 @@ def test_pnml_rank_note_and_saturated_softmax_stay_finite():
 
 
 def lts_slow(problem, percentile):
-    W, b, _, _ = arrays(problem)
+    W, b, _, _ = float64_arrays(problem)
 
     def slow(h):
         a = np.maximum(h, 0)

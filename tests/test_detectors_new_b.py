@@ -14,14 +14,9 @@ from ood.errors import InputError
 from ood.features import Head
 from ood.split import Split
 
+from .helpers import float64_arrays
+
 NEW = {"openmax": True, "relation": False, "cfood": False}  # name: run by default
-
-
-def arrays(problem):
-    W = problem["head"].weight.astype(np.float64)
-    b = problem["head"].bias.astype(np.float64)
-    xtr, ytr = problem["arrays"]["train"]
-    return W, b, xtr.astype(np.float64), ytr
 
 
 def assert_matches_slow(problem, name, slow, rtol=1e-5, atol=1e-6, **params):
@@ -209,7 +204,7 @@ def test_openmax_as_pytorch_ood():
 
 def test_openmax_without_a_correct_train_row_says_so():
     p = classifier_problem()
-    W, b, xtr, _ = arrays(p)
+    W, b, xtr, _ = float64_arrays(p)
     labels = ((xtr @ W.T + b).argmax(1) + 1) % 5  # every label wrong
     train = Split.from_arrays("train", p["arrays"]["train"][0], p["head"], labels=labels)
     det = create("openmax").fit(train)
@@ -246,7 +241,7 @@ def relation_slow(xtr, W, b, x, pow_=1.0, threshold=0.03):
 def test_relation(problem, params, monkeypatch):
     monkeypatch.setattr(relation, "BANK_ROWS", 64)  # many bank blocks per scored block
     monkeypatch.setattr(relation, "QUERY_ROWS", 50)
-    W, b, xtr, _ = arrays(problem)
+    W, b, xtr, _ = float64_arrays(problem)
     slow = lambda x: relation_slow(xtr, W, b, x, params.get("pow", 1.0), params.get("threshold", 0.03))  # noqa: E731
     assert_matches_slow(problem, "relation", slow, rtol=2e-5, atol=1e-6, **params)
 
@@ -254,7 +249,7 @@ def test_relation(problem, params, monkeypatch):
 def test_relation_as_openood(problem):
     post = pytest.importorskip("openood.postprocessors.relation_postprocessor")
     import torch
-    W, b, xtr, _ = arrays(problem)
+    W, b, xtr, _ = float64_arrays(problem)
     x = problem["arrays"]["ood"][0].astype(np.float64)
     prob = lambda a: torch.softmax(torch.tensor(a @ W.T + b), dim=1)  # noqa: E731
     theirs = post.get_relation(post.normalize(torch.tensor(x)), post.normalize(torch.tensor(xtr)), prob(x), prob(xtr),
@@ -302,7 +297,7 @@ def test_cfood(problem, alpha, ks, monkeypatch):
     monkeypatch.setattr(cfood, "BANK_ROWS", 37)  # several reference blocks, uneven
     monkeypatch.setattr(cfood, "QUERY_ROWS", 50)
     monkeypatch.setattr(cfood, "BLOCK_ELEMENTS", 4000)  # the reference radii in blocks of rows too
-    _, _, xtr, _ = arrays(problem)
+    _, _, xtr, _ = float64_arrays(problem)
     slow = cfood_slow(xtr, alpha)
     for k in ks:
         det = assert_matches_slow(problem, "cfood", lambda x: slow(x, k), rtol=0, atol=0, alpha=alpha, k=k)
