@@ -62,16 +62,28 @@ def top_similarities(queries: torch.Tensor, bank: torch.Tensor, scale: torch.Ten
     return best
 
 
+#: bank rows per IVF list the quantiser's k-means is trained on (a seeded sample; faiss warns below 39)
+TRAIN_PER_LIST = 64
+
+
 def default_nlist(n: int) -> int:
-    """IVF lists: about 4 sqrt(n), and at least 39 bank rows per list to train the quantiser on."""
-    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+    """IVF lists: about 2 sqrt(n) (fewer lists than faiss's 4-16 sqrt(n) guideline: on a CPU the k-means of the
+    quantiser is most of the cost at these sizes), and at least 39 bank rows per list."""
+    return max(1, min(int(round(2 * math.sqrt(n))), n // 39))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists probed per query: nlist / 128, at least 8 (about 0.8 % of a 200,000-row bank: recall@50 0.985 on
+    benchmarks/bench_knn.py's clusters)."""
+    return min(nlist, max(8, nlist // 128))
 
 
 def build_index(vectors: np.ndarray, search: str, nlist: int = 0, nprobe: int = 0, hnsw_m: int = 32,
                 ef_search: int = 0, k: int = 1, seed: int = 0):
     """A faiss inner-product index over ``vectors`` [n, D] float32: flat (exact), IVF-Flat or HNSW.
 
-    ``nlist`` 0 = :func:`default_nlist`; ``nprobe`` 0 = nlist / 8; ``ef_search`` 0 = max(128, 4 k)."""
+    ``nlist`` 0 = :func:`default_nlist`; ``nprobe`` 0 = :func:`default_nprobe`; ``ef_search`` 0 = max(128, 4 k).
+    The quantiser is trained on at most ``TRAIN_PER_LIST`` rows per list."""
     n, d = vectors.shape
     if search == "exact":
         index = faiss.IndexFlatIP(d)
@@ -79,11 +91,11 @@ def build_index(vectors: np.ndarray, search: str, nlist: int = 0, nprobe: int = 
         nlist = min(nlist or default_nlist(n), n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = vectors
-        if n > 256 * nlist:
-            sample = vectors[np.sort(np.random.default_rng(seed).choice(n, 256 * nlist, replace=False))]
+        if n > TRAIN_PER_LIST * nlist:
+            sample = vectors[np.sort(np.random.default_rng(seed).choice(n, TRAIN_PER_LIST * nlist, replace=False))]
         index.cp.seed = seed
         index.train(np.ascontiguousarray(sample))
-        index.nprobe = min(nlist, nprobe or max(1, nlist // 8))
+        index.nprobe = min(nlist, nprobe or default_nprobe(nlist))
     else:
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
