@@ -14,19 +14,19 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import report
 from .data import read_labels
-from .detectors import create
-from .engine import Result, run_detectors
 from .errors import InputError
 from .features import read_head
 from .fileio import write_texts
-from .inputs import Inputs, load_split, select_methods
-from .split import Split, resolve_device
+
+if TYPE_CHECKING:  # torch and the registry load on first use, so `python -m ood.sood build --help` is quick
+    from .engine import Result
+    from .inputs import Inputs
+    from .split import Split
 
 HOLDOUT_FRACTION = 0.1
 ALL = "all"
@@ -59,6 +59,8 @@ def holdout_mask(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarr
 
 
 def _subset(split: Split, idx: np.ndarray, name: str) -> Split:
+    from .split import Split
+
     logits = split.source.read("logits")[idx] if split.source.has("logits") else None
     return Split.from_arrays(name, split.features[idx], split.head, logits, split.labels[idx], split.device)
 
@@ -99,6 +101,9 @@ def load(fc, train, tests: Sequence, device="auto", train_label=None, holdout: O
     the IID test split is held out of ``train``). With two files and ``holdout`` None, ``HOLDOUT_FRACTION``
     is held out.
     """
+    from .inputs import Inputs, load_split
+    from .split import resolve_device
+
     device = resolve_device(device)
     head = read_head(fc)
     tests = list(tests)
@@ -142,6 +147,8 @@ def load(fc, train, tests: Sequence, device="auto", train_label=None, holdout: O
 def run_sood(inputs: Inputs, superclass: Dict[str, Optional[np.ndarray]], methods: Sequence[str],
              params: Optional[dict] = None, fpr: str = "vim", log=None) -> SoodResult:
     """Accuracy on every split, then every detector (fit on train) on IID test vs each shifted split."""
+    from .engine import run_detectors
+
     splits = [inputs.train, inputs.test] + list(inputs.oods)
     accuracy = []
     for s in splits:
@@ -164,6 +171,8 @@ def _accuracy_rows(res: SoodResult):
 
 def format_report(res: SoodResult, fmt: str = "table") -> str:
     """The detection table (IID test vs each shifted split) and the accuracy table (split x superclass)."""
+    from . import report
+
     det = res.detection
     out = [f"SOOD protocol: train {res.splits[0]}, IID test {res.splits[1]}, shifted "
            + ", ".join(res.splits[2:])]
@@ -187,6 +196,8 @@ def accuracy_csv(res: SoodResult) -> str:
 def write_outputs(res: SoodResult, json_path=None, csv_path=None, plots=None):
     """The JSON (detection records, accuracy, notes), the detection CSV with the accuracy CSV beside it
     (``<csv>.accuracy.csv``), and the plots; the text files are all replaced or none."""
+    from . import report
+
     texts = []
     if json_path:
         texts.append((json_path, report.to_json({"detection": report.records(res.detection),
@@ -205,6 +216,9 @@ def run_protocol(fc, train, tests: Sequence, methods=None, params: Optional[dict
                  device: str = "cpu", train_label=None, holdout: Optional[float] = None, seed: int = 0,
                  log=None) -> SoodResult:
     """``benchmark.py --protocol sood`` as a function of plain values: load, select, check, run."""
+    from .detectors import create
+    from .inputs import select_methods
+
     inputs, superclass = load(fc, train, tests, device, train_label, holdout, seed)
     methods = select_methods(methods, inputs, train_label or train)
     params = params or {}
