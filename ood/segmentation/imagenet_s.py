@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from scipy.ndimage import maximum_filter, minimum_filter
 
 from ..data import read_imagenet_s_categories, read_imagenet_s_mask
 from ..errors import InputError
@@ -57,6 +56,8 @@ def boundary_mask(ids: np.ndarray, iterations: int) -> np.ndarray:
     A pixel survives the erosions iff its (2k+1)^2 window lies inside the image and holds one id only, so a
     min and a max filter find every class's boundary at once instead of one erosion per class.
     """
+    from scipy.ndimage import maximum_filter, minimum_filter
+
     k = iterations
     size = 2 * k + 1
     out = minimum_filter(ids, size=size, mode="nearest") != maximum_filter(ids, size=size, mode="nearest")

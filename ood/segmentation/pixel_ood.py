@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy.ndimage import label as connected
 
 from ..metrics import FPR_LABELS, evaluate
 from ..errors import InputError
@@ -321,6 +320,8 @@ def frame_components(pred_ood: np.ndarray, labels: np.ndarray, min_pred_size: in
     ``min_gt_size`` also visits label 0 (every pixel that is no instance, ignored ones included), so a frame
     with fewer such pixels than ``min_gt_size`` has them all ignored.
     """
+    from scipy.ndimage import label as connected
+
     labels = labels.copy()
     gt_inst, n_gt = connected(labels == 1, EIGHT)
     comp, n_pred = connected(pred_ood & (labels != IGNORE), EIGHT)
