@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ood.runtime import Dist, default_workers
 from ood.segmentation import runner
 from ood.segments.metrics import pixel_maps, segment_metrics
 from ood.segments.table import read_segments
@@ -64,7 +65,7 @@ def run(root: Path, segmenter, batch: int) -> float:
     data = runner.load_inputs(root / "img", root / "list.txt", "imagenet_s", "none")
     out = root / ("seg.h5" if segmenter.segments else "plain.h5")
     tic = time.perf_counter()
-    runner.segment(out, data, root / "img", segmenter, batch=batch, workers=runner.default_workers(runner.Dist()),
+    runner.segment(out, data, root / "img", segmenter, batch=batch, workers=default_workers(Dist()),
                    overwrite=True)
     return time.perf_counter() - tic
 
