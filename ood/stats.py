@@ -79,15 +79,25 @@ def quantiles(x, qs) -> list:
         brackets = [(sample[max(0, int((q - delta) * (sample.size - 1)))] if q - delta > 0 else -np.inf,
                      sample[min(sample.size - 1, int(np.ceil((q + delta) * (sample.size - 1))))]
                      if q + delta < 1 else np.inf) for q in todo]
-        below, inside = [0] * len(todo), [[] for _ in todo]
+        # a bracket of one value (a quantile inside a run of ties, e.g. the zeros of ReLU features) is counted,
+        # not kept: its order statistics are that value
+        below, inside, ties = [0] * len(todo), [[] for _ in todo], [0] * len(todo)
         for c in chunks():
             for i, (lo, hi) in enumerate(brackets):
                 below[i] += int(np.count_nonzero(c < lo))
-                inside[i].append(c[(c >= lo) & (c <= hi)])
+                if lo == hi:
+                    ties[i] += int(np.count_nonzero(c == lo))
+                else:
+                    inside[i].append(c[(c >= lo) & (c <= hi)])
         for i, q in enumerate(todo):
             pos = q * (n - 1)
             k = int(np.floor(pos))
             k2 = min(k + 1, n - 1)
+            lo, hi = brackets[i]
+            if lo == hi:
+                if below[i] <= k and k2 < below[i] + ties[i]:
+                    out[q] = float(np.array(lo, dtype=dtype))
+                continue
             kept = np.concatenate(inside[i])
             if below[i] <= k and k2 < below[i] + kept.size:
                 kth = np.partition(kept, [k - below[i], k2 - below[i]])

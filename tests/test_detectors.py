@@ -170,6 +170,9 @@ def test_exact_quantile_matches_numpy_on_large_arrays():
     assert stats.quantiles(x, qs) == [float(np.quantile(x, q)) for q in qs]  # shared passes
     y = rng.standard_normal((4200, 4100)).astype(np.float32)
     assert stats.quantile(y, 0.99) == float(np.quantile(y, 0.99))
+    relu = np.maximum(y, 0)  # half the values one tie: brackets of a single value are counted, not kept
+    qs = (0.1, 0.4999, 0.5, 0.50001, 0.9)
+    assert stats.quantiles(relu, qs) == [float(np.quantile(relu, q)) for q in qs]
 
 
 def test_shared_statistics_are_computed_once(problem, monkeypatch):
