@@ -17,14 +17,11 @@ from ..features import FeatureFileError
 from . import imagenet_s, pixel_ood
 from .store import SegmentationFile
 from ..errors import InputError
+from ..fileio import check_writable, write_text
 
 
 def _write_json(obj, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -43,6 +40,10 @@ def _pct(x) -> str:
 
 def run_imagenet_s(args) -> int:
     n = imagenet_s.MODES[args.mode]
+    if args.json:
+        check_writable(args.json, "--json file")
+    if args.match and not Path(args.match).exists():
+        check_writable(args.match, "--match file")
     if bool(args.store) == bool(args.predict_dir or args.gt_dir):
         raise InputError("give either --store (a segment_images.py file) or --predict_dir and --gt_dir (PNG folders)")
     if not args.store and not (args.predict_dir and args.gt_dir):
@@ -213,6 +214,8 @@ def format_ood(records) -> str:
 def run_ood(args) -> int:
     if args.bins < 2:
         raise InputError(f"--bins must be at least 2, got {args.bins}")
+    if args.json:
+        check_writable(args.json, "--json file")
     records = evaluate_ood(args.file, args.detectors.split(",") if args.detectors else None,
                            _ids(args.ood_ids), _ids(args.ignore_ids) or (), args.mode, args.bins, args.range,
                            args.min_pred_size, args.min_gt_size, _thresholds(args.threshold),
@@ -286,9 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from ..cli import run_main
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (InputError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_main(lambda: args.run(args))

@@ -370,11 +370,9 @@ def read_matching(path) -> Dict[int, int]:
 
 
 def write_matching(matching: Dict[int, int], path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps({str(k): v for k, v in sorted(matching.items())}, indent=0))
-    os.replace(tmp, path)
+    from ..fileio import write_text
+
+    write_text(path, json.dumps({str(k): v for k, v in sorted(matching.items())}, indent=0))
 
 
 def lookup_table(matching: Dict[int, int], num_classes: int) -> np.ndarray:

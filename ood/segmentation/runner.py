@@ -24,7 +24,7 @@ import numpy as np
 from ..cli import add_run_options, run_main, stderr_log
 from ..data import LIST_FORMATS, DataList, decode_imagenet_s_mask
 from ..errors import FeatureFileError, ImageError, InputError
-from ..fileio import PARTIAL_SUFFIX
+from ..fileio import PARTIAL_SUFFIX, check_writable
 from .scoremaps import PIXEL_DETECTORS, check_detectors
 
 if TYPE_CHECKING:
@@ -350,6 +350,7 @@ def main(argv=None) -> int:
             ignore_ids = None if args.ignore_ids is None else [int(i) for i in args.ignore_ids.split(",") if i.strip()]
         except ValueError:
             raise InputError(f"--ignore_ids must be a comma list of integers, got {args.ignore_ids!r}") from None
+        check_writable(args.out_file, "segmentation store")
         if Path(args.out_file).exists() and not args.overwrite:
             raise FeatureFileError(f"{args.out_file}: exists already; pass --overwrite to replace it")
         data = load_inputs(args.data_root, args.img_list, args.list_format, "none", args.mapping)
