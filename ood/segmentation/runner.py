@@ -107,7 +107,10 @@ def _build_smp(name: str, num_classes: int, checkpoint: Optional[str], encoder: 
     try:
         model = smp.create_model(name, encoder_name=encoder, encoder_weights=None, classes=num_classes)
     except (KeyError, ValueError, RuntimeError) as e:
-        raise InputError(f"smp {name} cannot be built on encoder {encoder!r}: {str(e).splitlines()[0]}") from None
+        reason = str(e).splitlines()[0]
+        if len(reason) > 200:  # smp lists every encoder it knows
+            reason = reason[:200] + " ..."
+        raise InputError(f"smp {name} cannot be built on encoder {encoder!r}: {reason}") from None
     if checkpoint:
         _load_into(model, _load_state(checkpoint), checkpoint,
                    f"smp {name} on {encoder} with {num_classes} classes")
