@@ -5,7 +5,10 @@ centres plus noise, so the detectors do real work). Prints seconds per detector,
 against the size of the input features, and for the heavy detectors the floating-point work divided by the
 machine's measured matrix-multiply throughput ("x times the arithmetic lower bound").
 
-    python benchmarks/bench_detectors.py [--scale 1.0] [--methods a,b] [--device cpu]
+    python benchmarks/bench_detectors.py [--scale 1.0] [--methods a,b] [--device cpu] [--logits stored]
+
+``--logits stored`` (the default) gives every split its logits, as extract_features.py writes them, so reading
+them is not work; ``--logits head`` leaves them out, so every logit pass is a product with the head.
 """
 from __future__ import annotations
 
@@ -32,7 +35,22 @@ def rss_gb() -> float:
 
 
 def peak_gb() -> float:
+    """The peak resident set since the last :func:`reset_peak` (VmHWM), GiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak():
+    """Start the peak afresh (Linux: writing 5 to clear_refs resets VmHWM), so the data generation's
+    temporaries do not count as the run's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def matmul_gflops(device, D=2048) -> float:
@@ -47,9 +65,12 @@ def matmul_gflops(device, D=2048) -> float:
     return 5 * 2 * 8192 * D * 1000 / (time.perf_counter() - t) / 1e9
 
 
-def make_features(n_train, n_test, n_ood, C, D, seed=0):
+def make_features(n_train, n_test, n_ood, C, D, seed=0, logits=True):
+    """The head and (features, labels, logits or None) of the train, ID test and four OOD splits."""
     rng = np.random.default_rng(seed)
     centers = (rng.standard_normal((C, D), dtype=np.float32) * 0.6).astype(np.float32)
+    W = (centers / np.linalg.norm(centers, axis=1, keepdims=True) * 3).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32) * 0.1
 
     def draw(n, shift=0.0, labelled=True):
         y = rng.integers(0, C, n)
@@ -59,32 +80,36 @@ def make_features(n_train, n_test, n_ood, C, D, seed=0):
             noise = rng.standard_normal((hi - lo, D), dtype=np.float32)
             base = centers[y[lo:hi]] * (0.3 if not labelled else 1.0) + shift
             np.maximum(base + noise, 0, out=x[lo:hi])
-        return x, (y if labelled else np.full(n, -1))
+        z = None
+        if logits:
+            z = np.empty((n, C), np.float32)
+            for lo in range(0, n, 20000):
+                np.add(x[lo:lo + 20000] @ W.T, b, out=z[lo:lo + 20000])
+        return x, (y if labelled else np.full(n, -1)), z
 
-    W = (centers / np.linalg.norm(centers, axis=1, keepdims=True) * 3).astype(np.float32)
-    b = rng.standard_normal(C).astype(np.float32) * 0.1
     train = draw(n_train)
     test = draw(n_test)
     oods = [draw(n_ood, shift=0.1 * k, labelled=False) for k in range(4)]
     return Head(W, b), train, test, oods
 
 
-def work(n_tr, n_s, C, D, dim) -> dict:
+def work(n_tr, n_s, C, D, dim, stored_logits=True) -> dict:
     """The distinct heavy intermediate results of a run and their floating-point work (float32 products and
-    eigendecompositions; memory-bound passes are not counted)."""
+    eigendecompositions; memory-bound passes are not counted). Stored logits are read, not computed."""
     logits, gram, eig = 2 * n_s * D * C, 1.5 * n_tr * D * D, 9 * D ** 3  # the Gram: three quarters computed
+    read = 0 if stored_logits else 1
     return {
-        "scored logits": logits, "clipped logits (react)": logits, "clipped logits (local_react)": logits,
-        "train Gram": gram, "train Gram eigh": eig, "train logit pass": 2 * n_tr * D * C,
+        "scored logits": read * logits, "clipped logits (react)": logits, "clipped logits (local_react)": logits,
+        "train Gram": gram, "train Gram eigh": eig, "train logit pass": read * 2 * n_tr * D * C,
         "residuals": 2 * (n_tr + n_s) * D * (D - dim),
         "Mahalanobis precision and products": eig + 2 * n_s * D * D + 2 * n_s * D * C,
         "class-mean softmax KL": 2 * n_s * C * C,
         "kNN search": 2 * n_tr * n_s * D, "NNGuide bank search": 2 * -(-n_tr // 100) * n_s * D,
-        **{f"{m} product": logits for m in ("ash_p/ash_s", "ash_b", "vra", "dice", "nusa", "fdbd")},
+        **{f"{m} product": logits for m in ("ash_p/ash_s", "ash_b", "vra", "dice", "nusa")},
         "NECO PCA and projection": eig + 2 * n_s * D * D,
         "RMD background precision and products": eig + 2 * n_s * D * D,
         "pNML normalised Gram, pinv, projection": gram + eig + 2 * n_s * D * D,
-        "OpenMax two train logit passes": 2 * 2 * n_tr * D * C,
+        "OpenMax two train logit passes": read * 2 * 2 * n_tr * D * C,
     }
 
 
@@ -101,7 +126,7 @@ NEEDS = {
     "knn": ["kNN search"], "nnguide": ["scored logits", "train logit pass", "NNGuide bank search"],
     "ash_p": ["ash_p/ash_s product"], "ash_s": ["ash_p/ash_s product"],
     **{m: [f"{m} product"] for m in ("ash_b", "vra", "dice", "nusa")},
-    "fdbd": ["scored logits", "fdbd product"],
+    "fdbd": ["scored logits"],
     "neco": ["scored logits", "train Gram", "NECO PCA and projection"],
     "rmd": ["train Gram", "Mahalanobis precision and products", "RMD background precision and products"],
     "pnml": ["scored logits", "pNML normalised Gram, pinv, projection"],
@@ -115,6 +140,9 @@ def main():
     ap.add_argument("--methods", help="comma list (default: every detector the benchmark runs "
                     "by default on feature files: no kNN, no extra heads)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--logits", choices=("stored", "head"), default="stored",
+                    help="stored: every split has its logits, as extract_features.py writes them (default); "
+                    "head: none has, every logit pass multiplies by the head")
     ap.add_argument("--tune", action="store_true", help="also time the full tuning sweep (ood.tuning) of the "
                     "methods, ID validation = 10%% of the ID test split, OOD validation = the first OOD set")
     args = ap.parse_args()
@@ -122,12 +150,13 @@ def main():
     C, D = 1000, 2048
     n_tr, n_te, n_ood = (int(200_000 * args.scale), int(50_000 * args.scale), int(10_000 * args.scale))
     t0 = time.perf_counter()
-    head, train, test, oods = make_features(n_tr, n_te, n_ood, C, D)
-    print(f"generated features in {time.perf_counter() - t0:.1f}s")
-    input_gb = sum(a[0].nbytes for a in [train, test, *oods]) / 2**30
-    inputs = Inputs(head, Split.from_arrays("train", *train[:1], head, labels=train[1], device=device),
-                    Split.from_arrays("id", test[0], head, labels=test[1], device=device),
-                    [Split.from_arrays(f"ood{k}", x, head, device=device) for k, (x, _) in enumerate(oods)])
+    stored = args.logits == "stored"
+    head, train, test, oods = make_features(n_tr, n_te, n_ood, C, D, logits=stored)
+    print(f"generated features{' and logits' if stored else ''} in {time.perf_counter() - t0:.1f}s")
+    input_gb = sum(a.nbytes for s in [train, test, *oods] for a in (s[0], s[2]) if a is not None) / 2**30
+    inputs = Inputs(head, Split.from_arrays("train", train[0], head, logits=train[2], labels=train[1], device=device),
+                    Split.from_arrays("id", test[0], head, logits=test[2], labels=test[1], device=device),
+                    [Split.from_arrays(f"ood{k}", x, head, logits=z, device=device) for k, (x, _, z) in enumerate(oods)])
     inputs.train.keep_logits = False  # as ood.inputs.load_inputs does
     for s in [inputs.train, inputs.test, *inputs.oods]:
         s.source.path = s.path  # in-memory inputs: nothing to read
@@ -137,13 +166,14 @@ def main():
         if get_detector_class(m).default and set(get_detector_class(m).requires) <= {"train_labels"}]
     gflops = matmul_gflops(device)
     base = rss_gb()
+    reset_peak()
     print(f"device {device}, {torch.get_num_threads()} threads, matmul {gflops:.0f} GFLOP/s; "
-          f"input features {input_gb:.2f} GiB, RSS before run {base:.2f} GiB")
+          f"input features{' and logits' if stored else ''} {input_gb:.2f} GiB, RSS before run {base:.2f} GiB")
     t0 = time.perf_counter()
-    result = run(inputs, methods, {}, "vim", log=lambda m: print(m, flush=True))
+    result = run(inputs, methods, {}, "vim", log=lambda m: print(f"{m}  peak RSS {peak_gb():.2f} GiB", flush=True))
     total = time.perf_counter() - t0
     n_s = n_te + 4 * n_ood
-    items = work(n_tr, n_s, C, D, dim=1000)
+    items = work(n_tr, n_s, C, D, dim=1000, stored_logits=stored)
     done = set()
     print(f"\n{'method':<16s} {'seconds':>8s} {'GFLOP':>8s} {'bound s':>8s} {'x bound':>8s}  (work first done here)")
     for m in result.timings:  # the order the run took: shared work counts where it was first done

@@ -66,11 +66,14 @@ def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict]
                   log: Optional[Callable[[str], None]] = None) -> Result:
     """Fit every method on the train split, score the ID test split and every OOD set; one record per
     (method, OOD set). A detector that needs an ID validation split (``requires`` "id_val") finds it in
-    ``train.extras["id_val"]`` and is scored on the ID test rows left after the hold-out."""
+    ``train.extras["id_val"]`` and is scored on the ID test rows left after the hold-out. Large values that
+    detectors keep on the scored splits for each other (their ``shares``, e.g. ReAct's clipped logits) are
+    dropped after the last method of the run that reads them, so they do not add up in memory."""
     params = params or {}
     records, scores, timings, used, fitted = [], {}, {}, {}, {}
     notes = list(inputs.notes)
     notes += [f"{o.name} has one row: its FPR95 can only be 0 or 1" for o in inputs.oods if o.n == 1]
+    shares = [set(get_detector_class(m).shares) for m in methods]
     for i, name in enumerate(methods, 1):
         t0 = time.perf_counter()
         det = create(name, **params.get(name, {}))
@@ -120,6 +123,9 @@ def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict]
         used[name] = det.params()
         fitted[name] = det.fitted_values()
         notes += [f"{name}: {n}" for n in dict.fromkeys(note)]
+        for prefix in shares[i - 1].difference(*shares[i:]):  # no later detector reads these: free them
+            for split in {id(sp): sp for sp in [*inputs.splits, inputs.id_rest, inputs.id_val] if sp}.values():
+                split.forget(prefix)
         if log:
             log(f"[{i:2d}/{len(methods)}] {name:<16s} {timings[name]:7.2f}s" + ("  (failed: see notes)" if s is None
                                                                                else ""))

@@ -17,7 +17,7 @@ from .checks import check_finite_rows
 from .errors import InputError
 from .features import FeatureFile, FeatureFileError, Head
 
-BLOCK_ELEMENTS = 1 << 23  # about 32 MB of float32 per block-sized temporary
+BLOCK_ELEMENTS = 1 << 21  # 8 MB of float32 (16 MB of float64) per block-sized temporary
 _UIDS = itertools.count(1)  # split identities: never reused within a process (unlike id())
 
 
@@ -218,6 +218,12 @@ class Split:
         """Whether ``key`` has been computed for this split (see :meth:`memo`)."""
         return key in self._memo
 
+    def forget(self, prefix: tuple):
+        """Drop the memoised values whose tuple keys start with ``prefix`` (a run frees what no later detector
+        reads)."""
+        for key in [k for k in self._memo if isinstance(k, tuple) and k[:len(prefix)] == prefix]:
+            del self._memo[key]
+
     def memo(self, key, fn: Callable):
         if key not in self._memo:
             self._memo[key] = fn()
@@ -253,12 +259,17 @@ class Split:
             hi = min(self.n, lo + rows)
             if source == "features":
                 yield lo, hi, self.tensor(self.feature_rows(lo, hi))
-            elif self.keep_logits or "logits" in self._memo:
-                yield lo, hi, self.tensor(self.logits[lo:hi])
-            elif self.stored_logits_match_head():
-                yield lo, hi, self.tensor(self._checked_logits(self.source.read("logits", lo, hi)))
             else:
-                yield lo, hi, self.apply_head(self.tensor(self.feature_rows(lo, hi)))
+                yield lo, hi, self.logit_rows(lo, hi)
+
+    def logit_rows(self, lo: int, hi: int, features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits of rows [lo, hi) on the device: kept ones, else the file's, else the head applied to
+        ``features`` (the rows' features when the caller has them) or to the rows read now."""
+        if self.keep_logits or "logits" in self._memo:
+            return self.tensor(self.logits[lo:hi])
+        if self.stored_logits_match_head():
+            return self.tensor(self._checked_logits(self.source.read("logits", lo, hi)))
+        return self.apply_head(self.tensor(self.feature_rows(lo, hi)) if features is None else features)
 
     def map_blocks(self, fn: Callable[[int, int, torch.Tensor], torch.Tensor], source: str = "features",
                    dtype=np.float32, rows: Optional[int] = None) -> np.ndarray:

@@ -88,6 +88,9 @@ class Detector:
     grid: dict = {}
     #: allowed values of hyperparameters beyond (or instead of) PARAM_RANGES
     ranges: dict = {}
+    #: prefixes of the memo keys of large per-row values this detector keeps on the scored splits for others
+    #: (ReAct's clipped logits): a run drops them after the last detector that names them (ood.engine)
+    shares: tuple = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -4,8 +4,9 @@
   w_pred . (h - m) / ||h - m|| + alpha ||h||_1, m the train mean feature, pred = argmax z.
 - fDBD (Liu & Qin, ICML 2024, "Fast decision boundary based out-of-distribution detector"): the mean over
   c != pred of the distance to the decision boundary between pred and c, |z_pred - z_c| / ||w_pred - w_c||,
-  divided by ||h - m|| (``center=False``: by ||h||, the alternative OpenOOD sweeps); z = W h + b from the
-  features. OpenOOD sums over the classes instead of averaging: the same ranking, scaled by C - 1.
+  divided by ||h - m|| (``center=False``: by ||h||, the alternative OpenOOD sweeps); z the split's logits (the
+  file's when they are the head's W h + b); the weight distances from one C x C table up to 8,192 classes.
+  OpenOOD sums over the classes instead of averaging: the same ranking, scaled by C - 1.
 - NuSA (Cook et al. 2024; null space analysis after Cook, Zare & Gader 2020, "Outlier detection through
   null space analysis of neural networks"):
   ||P h|| / ||h||, P the orthogonal projection on the row space of W; 1 - this is the null-space share.
@@ -34,6 +35,23 @@ def safe_ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b > 0, a / torch.where(b > 0, b, torch.ones_like(b)), torch.zeros_like(a))
 
 
+def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The dot product of each row of ``a`` with the same row of ``b`` (one batched product, no [B, D] temporary)."""
+    return torch.einsum("nd,nd->n", a, b)
+
+
+#: classes up to which fDBD keeps the C x C distances between weight vectors (256 MB of float32)
+PAIRWISE_CLASSES = 8192
+
+
+def weight_distances(W: np.ndarray) -> np.ndarray:
+    """[C, C] float32: ||w_i - w_j|| for every pair of rows of the head's weight, from their float64 Gram."""
+    W = np.asarray(W, dtype=np.float64)
+    G = W @ W.T
+    sq = G.diagonal()
+    return np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * G, 0, None)).astype(np.float32)
+
+
 @register("nci")
 class NCI(Detector):
     """Cosine between h - m and the predicted class's weight vector (times its norm), plus alpha ||h||_1."""
@@ -45,16 +63,18 @@ class NCI(Detector):
 
     def fit(self, train):
         self.mean_ = feature_mean(train)
+        self.weight_ = train.require_head().weight.astype(np.float64)
         return self
 
     def score(self, split):
-        m = split.tensor(self.mean_)
+        m = split.tensor(self.mean_).double()  # the float32 mean: a row equal to it has c = 0 exactly
         pred = torch.as_tensor(predicted(split), device=split.device)
+        W = split.tensor(self.weight_, dtype=torch.float64)
 
         def block(lo, hi, h):  # a row equal to the mean has no direction: its cosine term is 0
-            c = h.double() - m.double()
-            proj = safe_ratio((split.weight[pred[lo:hi]].double() * c).sum(1), norm64(c))
-            return proj + self.alpha * h.abs().double().sum(1)
+            c = h.double().sub_(m)
+            proj = safe_ratio(rowdot(W[pred[lo:hi]], c), torch.linalg.vector_norm(c, dim=1))
+            return proj + self.alpha * torch.linalg.vector_norm(h, 1, dim=1, dtype=torch.float64)
         return split.map_blocks(block, dtype=np.float64)
 
 
@@ -69,18 +89,22 @@ class FDBD(Detector):
 
     def fit(self, train):
         self.mean_ = feature_mean(train) if self.center else np.zeros(train.dim)
+        W = train.require_head().weight
+        self.distances_ = weight_distances(W) if len(W) <= PAIRWISE_CLASSES else None
         return self
 
     def score(self, split):
         W, C = split.weight, split.num_classes
-        sq = (W * W).sum(1)
         m = split.tensor(self.mean_)
+        table = None if self.distances_ is None else split.tensor(self.distances_)
+        sq = (W * W).sum(1)
 
         def block(lo, hi, h):
-            z = split.apply_head(h)
+            z = split.logit_rows(lo, hi, h)
             p = z.argmax(1)
             gap = (z.gather(1, p[:, None]) - z).abs()
-            dist = (sq[p][:, None] + sq[None, :] - 2 * W[p] @ W.T).clamp_min(0).sqrt()
+            dist = table[p] if table is not None else (sq[p][:, None] + sq[None, :] - 2 * W[p] @ W.T
+                                                        ).clamp_min(0).sqrt()
             ratio = torch.where(dist > 0, gap / dist, torch.zeros_like(gap))
             ratio.scatter_(1, p[:, None], 0.0)
             return ratio.sum(1).double() / (C - 1) / norm64(h - m)

@@ -16,9 +16,13 @@ from .base import Detector, register
 from .logits import energy, gen_from_logits
 
 
-def clipped_logits(split: Split, c: float) -> np.ndarray:
-    """W min(h, c) + b for every row, memoised per clip value."""
-    return split.memo(("clipped_logits", float(c)), lambda: split.map_blocks(
+#: memo keys of the clipped logits at the train quantile (ReAct) and at the split's own (Local ReAct)
+TRAIN_CLIPPED, LOCAL_CLIPPED = ("clipped_logits", "train"), ("clipped_logits", "local")
+
+
+def clipped_logits(split: Split, c: float, kind: tuple) -> np.ndarray:
+    """W min(h, c) + b for every row, memoised per clip value under ``kind`` (TRAIN_CLIPPED, LOCAL_CLIPPED)."""
+    return split.memo((*kind, float(c)), lambda: split.map_blocks(
         lambda lo, hi, h: split.apply_head(torch.clamp(h, max=c))))
 
 
@@ -39,8 +43,8 @@ def local_clip(split: Split, q: float) -> float:
     return split.memo(("quantile", float(q)), lambda: stats.quantile(split, q))
 
 
-def _score_clipped(split: Split, c: float, fn) -> np.ndarray:
-    z = clipped_logits(split, c)
+def _score_clipped(split: Split, c: float, kind: tuple, fn) -> np.ndarray:
+    z = clipped_logits(split, c, kind)
     return split.map_blocks(lambda lo, hi, _: fn(split.tensor(z[lo:hi])), source="logits", dtype=np.float64)
 
 
@@ -49,6 +53,7 @@ class ReAct(Detector):
     """Energy of the logits of features clipped at the train quantile ``clip_quantile`` (Sun et al. 2021)."""
 
     grid = {"clip_quantile": [0.8, 0.85, 0.9, 0.95, 0.99, 0.995, 0.999]}
+    shares = (TRAIN_CLIPPED,)
 
     def __init__(self, clip_quantile: float = 0.99):
         self.clip_quantile = clip_quantile
@@ -58,7 +63,7 @@ class ReAct(Detector):
         return self
 
     def score(self, split):
-        return _score_clipped(split, self.clip_, energy)
+        return _score_clipped(split, self.clip_, TRAIN_CLIPPED, energy)
 
 
 @register("gen_react")
@@ -72,7 +77,7 @@ class GENReAct(ReAct):
         self.gamma, self.M = gamma, M
 
     def score(self, split):
-        return _score_clipped(split, self.clip_, lambda z: gen_from_logits(z, self.gamma, self.M))
+        return _score_clipped(split, self.clip_, TRAIN_CLIPPED, lambda z: gen_from_logits(z, self.gamma, self.M))
 
 
 @register("local_react")
@@ -80,12 +85,13 @@ class LocalReAct(Detector):
     """ReAct with c = the ``clip_quantile_local`` quantile of the scored split's own features (GEN repo)."""
 
     grid = {"clip_quantile_local": [0.99, 0.995, 0.999, 0.9995, 0.9999]}
+    shares = (LOCAL_CLIPPED,)
 
     def __init__(self, clip_quantile_local: float = 0.9995):
         self.clip_quantile_local = clip_quantile_local
 
     def score(self, split):
-        return _score_clipped(split, local_clip(split, self.clip_quantile_local), energy)
+        return _score_clipped(split, local_clip(split, self.clip_quantile_local), LOCAL_CLIPPED, energy)
 
 
 @register("gen_local_react")
@@ -100,4 +106,4 @@ class GENLocalReAct(LocalReAct):
 
     def score(self, split):
         c = local_clip(split, self.clip_quantile_local)
-        return _score_clipped(split, c, lambda z: gen_from_logits(z, self.gamma, self.M))
+        return _score_clipped(split, c, LOCAL_CLIPPED, lambda z: gen_from_logits(z, self.gamma, self.M))

@@ -12,6 +12,7 @@ import torch
 
 from ..split import LABELS
 from .base import Detector, register
+from .boundary import rowdot
 from .shared import feature_mean, predicted
 
 
@@ -51,4 +52,4 @@ class SHE(Detector):
         M = split.tensor(self.means_, dtype=torch.float64)
         pred = torch.as_tensor(predicted(split), device=split.device)
         # in float64: the products of large features overflow float32
-        return split.map_blocks(lambda lo, hi, h: (h.double() * M[pred[lo:hi]]).sum(1), dtype=np.float64)
+        return split.map_blocks(lambda lo, hi, h: rowdot(M[pred[lo:hi]], h.double()), dtype=np.float64)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import scipy.linalg
 
 from .. import stats
 from ..split import Split, fit_key
@@ -35,12 +36,33 @@ def default_dim(D: int) -> int:
     return 1000 if D >= 2048 else 512 if D >= 768 else D // 2
 
 
+def origin(W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """u = -pinv(W) b, the minimum-norm least-squares solution of W u = -b, float64.
+
+    A head's weight has full rank, and then a QR factorisation of the thinner side gives pinv's solution (to
+    round-off times the condition number) at a fraction of the SVD's cost (C = 1000, D = 2048: 0.1 s against
+    3 s); a weight whose R has a diagonal entry below 1e-8 of its largest takes the SVD pseudo-inverse.
+
+    >>> W, b = np.array([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]]), np.array([1.0, -2.0])
+    >>> bool(np.allclose(origin(W, b), -np.linalg.pinv(W) @ b))
+    True
+    """
+    W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    wide = W.shape[0] < W.shape[1]
+    Q, R = np.linalg.qr(W.T if wide else W)
+    d = np.abs(np.diag(R))
+    if d.size == 0 or d.min() <= 1e-8 * d.max():
+        return -np.linalg.pinv(W) @ b
+    if wide:  # W = R^T Q^T: u = Q y with R^T y = -b
+        return Q @ scipy.linalg.solve_triangular(R, -b, trans="T")
+    return scipy.linalg.solve_triangular(R, -(Q.T @ b))
+
+
 def null_space(train: Split, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(u, NS, eigenvalues): the ViM origin, the residual eigenvectors [D, D - dim] and the eigenvalues of the
     covariance about u (largest first), memoised on the train split."""
     def compute():
-        W = train.head.weight.astype(np.float64)
-        u = -np.linalg.pinv(W) @ train.head.bias.astype(np.float64)
+        u = origin(train.head.weight, train.head.bias)
         eig = train.memo("vim_eig", lambda: stats.eigh_desc(stats.scatter_about(train, u) / train.n))
         return u, np.ascontiguousarray(eig[1][:, dim:]), eig[0]
     if not 0 <= dim < train.dim:
