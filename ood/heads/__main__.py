@@ -19,8 +19,6 @@ from ..cli import add_device_option, run_main
 from ..checks import check_finite_rows, check_labels
 from ..data import read_groups as read_group_counts, read_labels
 from ..features import FeatureFile, FeatureFileError, write_fc
-from .groups import FLAT_HEAD, group_accuracy, kmeans_groups, layout_from_counts, read_groups, write_group_head
-from .train import class_means, train_head
 from ..errors import InputError
 
 PROVENANCE = ("model", "backend", "checkpoint", "checkpoint_sha256", "preprocess")
@@ -48,6 +46,8 @@ def flat_accuracy(head, x, y, rows: int = 8192) -> float:
 
 def resolve_groups(spec: str, x, y, num_classes, seed):
     """(group_of_class or None, number of classes) from the --groups spec."""
+    from .groups import kmeans_groups, layout_from_counts, read_groups
+    from .train import class_means
     if spec == "none":
         return None, num_classes
     if spec == "mos":
@@ -64,6 +64,8 @@ def resolve_groups(spec: str, x, y, num_classes, seed):
 
 
 def cmd_train(args) -> str:
+    from .groups import FLAT_HEAD, group_accuracy, write_group_head
+    from .train import train_head
     x, y, width, attrs = load_train(args.train, args.train_label)
     C = args.num_classes or width or int(y.max()) + 1
     check_labels(y, len(y), C, args.train_label or args.train)
