@@ -6,15 +6,19 @@ merged with the running top k, so memory stays a block in size and the cost is t
 faiss (``IndexFlatIP``) is used instead when it is importable and the device is the CPU. The sorted top-k
 similarities are memoised per (query split, bank, search), so a sweep over k costs one search at the largest k.
 
-``search="ivf"`` or ``"hnsw"`` asks for an approximate faiss index (IVF-Flat or HNSW, inner product; on a
-GPU when faiss has one and the split lives there); IVF with ``nprobe = nlist`` is exact. Query rows for which
-the index returns fewer than k neighbours are searched exactly. Without faiss the exact search runs and a note
-says how long it is expected to take. ``benchmarks/bench_knn.py`` measures recall@k against exact search and
-the AUROC difference it causes.
+``search="ivf"`` or ``"hnsw"`` asks for an approximate search. IVF (:class:`IVF`) keeps the bank rows in
+inverted lists around faiss k-means centroids and compares a query only with the rows of its ``nprobe`` most
+similar lists, exactly, by matrix products on the split's device (a GPU included); ``nprobe = nlist`` is exact.
+HNSW is faiss's ``IndexHNSWFlat`` graph, searched on the CPU. Query rows for which the approximate search finds
+fewer than k neighbours are searched exactly. Without faiss the exact search runs and a note says how long it
+is expected to take. ``benchmarks/bench_knn.py`` measures recall@k against exact search and the AUROC
+difference it causes.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -62,40 +66,109 @@ def top_similarities(queries: torch.Tensor, bank: torch.Tensor, scale: torch.Ten
     return best
 
 
-#: bank rows per IVF list the quantiser's k-means is trained on (a seeded sample; faiss warns below 39)
+#: bank rows per IVF list the k-means of the centroids is trained on (a seeded sample; faiss warns below 39)
 TRAIN_PER_LIST = 64
+#: k-means iterations of the IVF centroids (faiss's IndexIVF trains its quantiser with 10)
+KMEANS_ITERATIONS = 10
+#: query elements (rows x D) per IVF search block: 16,384 rows at D = 2048, about 5 queries per list and probe
+IVF_QUERY_ELEMENTS = 1 << 25
 
 
 def default_nlist(n: int) -> int:
-    """IVF lists: about 2 sqrt(n) (fewer lists than faiss's 4-16 sqrt(n) guideline: on a CPU the k-means of the
-    quantiser is most of the cost at these sizes), and at least 39 bank rows per list."""
-    return max(1, min(int(round(2 * math.sqrt(n))), n // 39))
+    """IVF lists: about sqrt(n), and at least 39 bank rows per list. faiss's guideline of 4-16 sqrt(n) suits
+    its query-at-a-time list scan; :class:`IVF` scans lists by matrix products, so longer lists cost little and
+    the k-means (growing with nlist squared) and the bank's assignment (with nlist) are the larger costs."""
+    return max(1, min(int(round(math.sqrt(n))), n // 39))
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists probed per query: nlist / 128, at least 8 (about 0.8 % of a 200,000-row bank: recall@50 0.985 on
-    benchmarks/bench_knn.py's clusters)."""
+    """Lists probed per query: nlist / 128, at least 8 (8 of 447 lists, about 2 % of a 200,000-row bank:
+    recall@50 1.000 on benchmarks/bench_knn.py's clusters)."""
     return min(nlist, max(8, nlist // 128))
 
 
-def build_index(vectors: np.ndarray, search: str, nlist: int = 0, nprobe: int = 0, hnsw_m: int = 32,
-                ef_search: int = 0, k: int = 1, seed: int = 0):
-    """A faiss inner-product index over ``vectors`` [n, D] float32: flat (exact), IVF-Flat or HNSW.
+class IVF:
+    """Inverted-file search (IVF-Flat; Jegou, Douze and Schmid, TPAMI 2011) of the k largest
+    ``q_hat . x_i * scale_i`` over a :class:`Bank`, the lists scanned by matrix products.
 
-    ``nlist`` 0 = :func:`default_nlist`; ``nprobe`` 0 = :func:`default_nprobe`; ``ef_search`` 0 = max(128, 4 k).
-    The quantiser is trained on at most ``TRAIN_PER_LIST`` rows per list."""
-    n, d = vectors.shape
+    The ``nlist`` centroids are faiss's spherical k-means (``KMEANS_ITERATIONS`` iterations, as faiss's
+    ``IndexIVFFlat`` trains them for inner product) of a seeded sample of ``TRAIN_PER_LIST`` scaled bank rows
+    per list; every bank row goes to the list of its most similar centroid. A query is compared with the rows
+    of its ``nprobe`` most similar lists in float32, exactly as the exact search compares it, so the only
+    approximation is that a neighbour outside those lists is missed; ``nprobe = nlist`` is exact. The results
+    are those of faiss's ``IndexIVFFlat`` with the same centroids, but faiss's CPU scan takes one query at a
+    time, row by row; here a block of queries is grouped by list and each list meets all of its queries in
+    one matrix product (about 1 ms -> 0.2 ms per query at 200,000 x 2,048 and nprobe 8 on 2 cores). The lists
+    are row indices into the bank, so the index adds no copy of it.
+
+    >>> x = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    >>> bank = Bank("doc", Split.from_arrays("train", x.numpy()))
+    >>> ivf = IVF(bank, nlist=4, nprobe=4)
+    >>> q = normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(1)))
+    >>> torch.allclose(ivf.top(q, bank, 5), top_similarities(q, bank.x, bank.scale, 5), atol=1e-6)
+    True
+    """
+
+    def __init__(self, bank: "Bank", nlist: int = 0, nprobe: int = 0, seed: int = 0):
+        n, d = bank.x.shape
+        self.nlist = min(nlist or default_nlist(n), n)
+        self.nprobe = min(self.nlist, nprobe or default_nprobe(self.nlist))
+        rows = np.arange(n)
+        if n > TRAIN_PER_LIST * self.nlist:
+            rows = np.sort(np.random.default_rng(seed).choice(n, TRAIN_PER_LIST * self.nlist, replace=False))
+        rows = torch.from_numpy(rows).to(bank.x.device)
+        sample = (bank.x[rows] * bank.scale[rows, None]).cpu().numpy()
+        kmeans = faiss.Kmeans(d, self.nlist, niter=KMEANS_ITERATIONS, spherical=True, seed=seed)
+        kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+        self.centroids = torch.from_numpy(kmeans.centroids).to(bank.x.device)
+        lists = torch.cat([(bank.x[lo:lo + BANK_ROWS] @ self.centroids.T).mul_(
+            bank.scale[lo:lo + BANK_ROWS, None]).argmax(1) for lo in range(0, n, BANK_ROWS)])
+        self.order = torch.argsort(lists, stable=True)  # bank rows list by list
+        self.bounds = [0] + torch.cumsum(torch.bincount(lists, minlength=self.nlist), 0).tolist()
+
+    def top(self, q: torch.Tensor, bank: "Bank", k: int) -> torch.Tensor:
+        """[B, k] sorted top similarities of the normalised queries ``q`` among the rows of their ``nprobe``
+        lists; a row whose lists hold fewer than k bank rows is filled with -inf.
+
+        On the CPU the lists are shared among one thread per torch thread, each running single-threaded
+        products: hundreds of small products with a barrier each lose much of their time when another
+        process holds a core, whole lists per thread do not."""
+        b, p = q.shape[0], self.nprobe
+        probes = torch.topk(q @ self.centroids.T, p, dim=1).indices.flatten()  # pair j: query j // p
+        pairs = torch.argsort(probes, stable=True)  # pairs grouped by list
+        counts = torch.bincount(probes, minlength=self.nlist).tolist()
+        starts = [0, *itertools.accumulate(counts)]
+        found = torch.full((b * p, k), -torch.inf, dtype=q.dtype, device=q.device)
+        workers = torch.get_num_threads() if q.device.type == "cpu" else 1
+
+        def scan(first: int):  # lists first, first + workers, ...: one product of each with its queries
+            for lst in range(first, self.nlist, workers):
+                rows = self.order[self.bounds[lst]:self.bounds[lst + 1]]
+                if counts[lst] == 0 or rows.numel() == 0:
+                    continue
+                j = pairs[starts[lst]:starts[lst + 1]]
+                s = q[j // p] @ bank.x[rows].T
+                s.mul_(bank.scale[rows])
+                found[j, :min(k, s.shape[1])] = torch.topk(s, min(k, s.shape[1]), dim=1).values
+
+        if workers == 1:
+            scan(0)
+        else:
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(scan, range(workers)))
+            finally:
+                torch.set_num_threads(workers)
+        return torch.topk(found.view(b, p * k), k, dim=1).values
+
+
+def build_index(vectors: np.ndarray, search: str, hnsw_m: int = 32, ef_search: int = 0, k: int = 1):
+    """A faiss inner-product index over ``vectors`` [n, D] float32: flat (exact) or HNSW
+    (``ef_search`` 0 = max(128, 4 k))."""
+    d = vectors.shape[1]
     if search == "exact":
         index = faiss.IndexFlatIP(d)
-    elif search == "ivf":
-        nlist = min(nlist or default_nlist(n), n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = vectors
-        if n > TRAIN_PER_LIST * nlist:
-            sample = vectors[np.sort(np.random.default_rng(seed).choice(n, TRAIN_PER_LIST * nlist, replace=False))]
-        index.cp.seed = seed
-        index.train(np.ascontiguousarray(sample))
-        index.nprobe = min(nlist, nprobe or default_nprobe(nlist))
     else:
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
@@ -135,22 +208,31 @@ class Bank:
         self.scale = w / norms
         self.n = self.x.shape[0]
 
-    def faiss_index(self, k: int, device: torch.device):
+    def index(self, k: int):
+        """The search structure of ``search`` over the bank, built once: an :class:`IVF`, or a faiss index
+        (flat or HNSW) on the CPU."""
         def build():
-            vectors = np.ascontiguousarray((self.x * self.scale[:, None]).cpu().numpy(), dtype=np.float32)
             kind, *options = self.search
-            index = build_index(vectors, kind, *options, k=k)
-            if device.type == "cuda" and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-                index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, index)
-            return index
-        return self.train.memo(("faiss_index", self.key, device.type), build)
+            if kind == "ivf":
+                return IVF(self, *options)
+            vectors = np.ascontiguousarray((self.x * self.scale[:, None]).cpu().numpy(), dtype=np.float32)
+            return build_index(vectors, kind, *options, k=k)
+        return self.train.memo(("knn_index", self.key), build)
 
     def _faiss_top(self, h: torch.Tensor, k: int) -> torch.Tensor:
         q = normalize(h)
-        sims, ids = self.faiss_index(k, h.device).search(np.ascontiguousarray(q.cpu().numpy()), k)
+        sims, ids = self.index(k).search(np.ascontiguousarray(q.cpu().numpy()), k)
         top = torch.from_numpy(sims).to(h.device)
         short = torch.from_numpy((ids < 0).any(axis=1)).to(h.device)
-        if short.any():  # an approximate index found fewer than k neighbours for these rows: search them exactly
+        if short.any():  # HNSW found fewer than k neighbours for these rows: search them exactly
+            top[short] = top_similarities(q[short], self.x, self.scale, k)
+        return top
+
+    def _ivf_top(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        q = normalize(h)
+        top = self.index(k).top(q, self, k)
+        short = torch.isinf(top[:, -1])
+        if short.any():  # the probed lists hold fewer than k rows: search these queries exactly
             top[short] = top_similarities(q[short], self.x, self.scale, k)
         return top
 
@@ -161,8 +243,11 @@ class Bank:
         cache = split.memo(("top_similarities", self.key), dict)
         if cache.get("top") is not None and cache["top"].shape[1] >= k:
             return cache["top"][:, :k]
-        approximate = self.search[0] != "exact"
-        if faiss is not None and (split.device.type == "cpu" or approximate):
+        kind = self.search[0]
+        if kind == "ivf":
+            top = split.map_blocks(lambda lo, hi, h: self._ivf_top(h, k),
+                                   rows=max(QUERY_ROWS, IVF_QUERY_ELEMENTS // split.dim))
+        elif faiss is not None and (split.device.type == "cpu" or kind == "hnsw"):
             top = split.map_blocks(lambda lo, hi, h: self._faiss_top(h, k), rows=QUERY_ROWS)
         else:
             top = split.map_blocks(lambda lo, hi, h: top_similarities(normalize(h), self.x, self.scale, k),
@@ -178,6 +263,14 @@ class KNN(Detector):
 
     OpenOOD and the paper's code return minus the squared distance (faiss IndexFlatL2); the ranking, and so
     every metric, is the same. The paper's ImageNet setting uses the whole train set (alpha = 100%).
+
+    ``search="exact"`` (the default) compares every query with every train row. ``search="ivf"`` is
+    approximate (:class:`IVF`): the k nearest are looked for only among the train rows in the query's
+    ``nprobe`` most similar of ``nlist`` k-means lists (0 = about sqrt(n) lists and max(8, nlist / 128)
+    probes); their similarities are exact float32, so a missed neighbour can only lower a score, never raise
+    it, and ``nprobe = nlist`` is exact. ``search="hnsw"`` searches faiss's HNSW graph (``hnsw_m`` links per
+    node, ``ef_search`` candidates, 0 = max(128, 4 k)), approximate in the same way. ``benchmarks/bench_knn.py``
+    reports recall@k against exact search and the AUROC difference.
     """
 
     grid = {"k": [1000, 500, 200, 100, 50]}  # largest first: one search serves every smaller k
@@ -191,9 +284,8 @@ class KNN(Detector):
         self.nlist, self.nprobe, self.hnsw_m, self.ef_search = nlist, nprobe, hnsw_m, ef_search
 
     def fit(self, train):
-        spec = (self.search,) if self.search == "exact" else (
-            (self.search, self.nlist, self.nprobe) if self.search == "ivf" else (self.search, 0, 0, self.hnsw_m,
-                                                                                 self.ef_search))
+        spec = {"exact": ("exact",), "ivf": ("ivf", self.nlist, self.nprobe),
+                "hnsw": ("hnsw", self.hnsw_m, self.ef_search)}[self.search]
         if self.search != "exact" and faiss is None:
             rate = matmul_rate(train.dim, train.device)
             self.note(f"faiss is not installed (pip install faiss-cpu): exact search instead, about "
