@@ -117,7 +117,8 @@ def run_benchmark(fc, train, test, oods: Sequence, methods=None, params: Optiona
         inputs.id_val = tuning.load_val("id_val", tune_id, inputs.train)
     if inputs.id_val is None and uses_id_val:
         try:
-            inputs.id_val, inputs.id_rest = tuning.hold_out(inputs.test)
+            held = tuning.hold_out_rows(inputs.test)
+            inputs.id_val, inputs.id_rest = tuning.subset(inputs.test, held, "id_val"), ~held
         except InputError as e:  # too few rows: those detectors fall back to what they fit without one
             inputs.notes.append(f"no ID validation split for {', '.join(uses_id_val)}: {e}")
     if inputs.id_rest is not None:

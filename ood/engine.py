@@ -77,18 +77,20 @@ def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict]
     for i, name in enumerate(methods, 1):
         t0 = time.perf_counter()
         det = create(name, **params.get(name, {}))
-        test = inputs.test
+        rest = None  # the ID test rows this detector is reported on (all of them unless some were held out)
         note = []
         if "id_val" in get_detector_class(name).requires and inputs.id_val is not None:
             inputs.train.extras["id_val"] = inputs.id_val
             if inputs.id_rest is not None:
-                test = inputs.id_rest
-                note.append(f"scored on the {test.n} ID test rows left after holding out {inputs.id_val.n} "
-                            f"as its ID validation split")
+                rest = inputs.id_rest
+                note.append(f"scored on the {int(rest.sum())} ID test rows left after holding out "
+                            f"{inputs.id_val.n} as its ID validation split")
         s, failed = None, {}
         try:
             det.fit(inputs.train)
-            s = {"id": _score_split(det, test, "ID test")}
+            s = {"id": _score_split(det, inputs.test, "ID test")}
+            if rest is not None:
+                s["id"] = s["id"][rest]
             for ood in inputs.oods:
                 try:
                     s[ood.name] = _score_split(det, ood, ood.name)
@@ -124,7 +126,7 @@ def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict]
         fitted[name] = det.fitted_values()
         notes += [f"{name}: {n}" for n in dict.fromkeys(note)]
         for prefix in shares[i - 1].difference(*shares[i:]):  # no later detector reads these: free them
-            for split in {id(sp): sp for sp in [*inputs.splits, inputs.id_rest, inputs.id_val] if sp}.values():
+            for split in [*inputs.splits, *([inputs.id_val] if inputs.id_val is not None else [])]:
                 split.forget(prefix)
         if log:
             log(f"[{i:2d}/{len(methods)}] {name:<16s} {timings[name]:7.2f}s" + ("  (failed: see notes)" if s is None

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import numpy as np
 
 from .checks import check_labels
 from .data import read_labels
@@ -41,8 +42,9 @@ class Inputs:
     notes: List[str] = field(default_factory=list)
     #: the ID validation split (``--tune_id``, or a seeded hold-out of the ID test split)
     id_val: Optional[Split] = None
-    #: the ID test rows left when ``id_val`` was held out of it for one detector's own use
-    id_rest: Optional[Split] = None
+    #: which ID test rows are left (a boolean mask) when ``id_val`` was held out of it for the use of the
+    #: detectors that fit on it: they score the whole split and report these rows, so nothing is copied
+    id_rest: Optional[np.ndarray] = None
 
     @property
     def has_train_labels(self) -> bool:

@@ -100,23 +100,29 @@ def refuse_test_files(path, role: str, tests: dict):
                              f"would bias every reported number, give a separate validation set")
 
 
-def hold_out(test: Split, share: float = VAL_SHARE, seed: int = SEED) -> tuple:
-    """(a seeded ``share`` of the rows as the ID validation split, the rest as the ID test split)."""
+def hold_out_rows(test: Split, share: float = VAL_SHARE, seed: int = SEED) -> np.ndarray:
+    """A boolean mask of a seeded ``share`` of the rows of ``test``: the ID validation rows."""
     n_val = int(round(share * test.n))
     if not 0 < n_val < test.n:
         raise InputError(f"{test.path}: {test.n} rows are too few to hold out {share:.0%} for tuning; "
                          f"give --tune_id")
     val = np.zeros(test.n, bool)
     val[np.random.default_rng(seed).choice(test.n, n_val, replace=False)] = True
+    return val
 
-    logits = test.source.read("logits") if test.source.has("logits") else None
 
-    def part(name, rows):
-        split = Split.from_arrays(name, test.features[rows], test.head, None if logits is None else logits[rows],
-                                  test.labels[rows], test.device)
-        split.extras.update(test.extras)
-        return split
-    return part("id_val", val), part(test.name, ~val)
+def subset(test: Split, rows: np.ndarray, name: str) -> Split:
+    """A split of the given rows (a boolean mask) of ``test``: its features, logits and labels copied."""
+    split = Split.from_arrays(name, test.features[rows], test.head, test.logits[rows], test.labels[rows],
+                              test.device)
+    split.extras.update(test.extras)
+    return split
+
+
+def hold_out(test: Split, share: float = VAL_SHARE, seed: int = SEED) -> tuple:
+    """(a seeded ``share`` of the rows as the ID validation split, the rest as the ID test split)."""
+    val = hold_out_rows(test, share, seed)
+    return subset(test, val, "id_val"), subset(test, ~val, test.name)
 
 
 def load_val(name: str, path, like: Split) -> Split:
