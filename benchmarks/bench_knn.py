@@ -118,7 +118,7 @@ def approximate(args, device):
           f"{t2 - t0:.1f}s (index build {t1 - t0:.1f}s, search {t2 - t1:.1f}s), peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; on {sample.size} sampled "
           f"queries recall@{args.k} {recall:.4f}, AUROC exact {100 * a_exact:.2f} vs approximate "
-          f"{100 * a_approx:.2f} (difference {100 * (a_approx - a_exact):+.2f} points)")
+          f"{100 * a_approx:.2f} (difference {round(100 * (a_approx - a_exact), 2) + 0.0:+.2f} points)")
 
 
 if __name__ == "__main__":
