@@ -15,8 +15,12 @@ from .errors import FeatureFileError, InputError
 
 
 def check_finite_rows(x: np.ndarray, source, what: str = "features"):
-    """Raise naming ``source`` when a row of ``x`` holds NaN or Inf."""
-    bad = ~np.isfinite(x).all(axis=1)
+    """Raise naming ``source`` when a row of ``x`` holds NaN or Inf (checked a block of rows at a time, so
+    the mask never grows with the array)."""
+    step = max(1, (1 << 22) // max(1, x.shape[1] if x.ndim > 1 else 1))
+    if all(np.isfinite(x[lo:lo + step]).all() for lo in range(0, len(x), step)):
+        return
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
     if bad.any():
         raise FeatureFileError(f"{source}: {int(bad.sum())} rows of {what} contain NaN or Inf "
                                f"(first at row {int(np.argmax(bad))})")
