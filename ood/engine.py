@@ -62,19 +62,39 @@ def _score_split(det, split: Split, name: str) -> np.ndarray:
     return s
 
 
+def run_order(methods: Sequence[str]) -> List[str]:
+    """The order a run takes: the given one, except that a detector reading a value that an earlier one keeps
+    for it (their ``shares`` meet) runs right after the first, so each such value is held for the shortest
+    stretch and no two are held at once.
+
+    >>> run_order(["react", "local_react", "gen_react", "gen_local_react", "msp"])
+    ['react', 'gen_react', 'local_react', 'gen_local_react', 'msp']
+    """
+    shares = {m: set(get_detector_class(m).shares) for m in methods}
+    order: List[str] = []
+    for m in methods:
+        if m not in order:
+            order.append(m)
+            order += [o for o in methods if o not in order and shares[m] & shares[o]]
+    return order
+
+
 def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict] = None, fpr: str = "vim",
                   log: Optional[Callable[[str], None]] = None) -> Result:
     """Fit every method on the train split, score the ID test split and every OOD set; one record per
     (method, OOD set). A detector that needs an ID validation split (``requires`` "id_val") finds it in
     ``train.extras["id_val"]`` and is scored on the ID test rows left after the hold-out. Large values that
     detectors keep on the scored splits for each other (their ``shares``, e.g. ReAct's clipped logits) are
-    dropped after the last method of the run that reads them, so they do not add up in memory."""
+    dropped after the last method of the run that reads them, and the run takes :func:`run_order`, so they do
+    not add up in memory; records, scores and parameters come in the order of ``methods``, ``timings`` in the
+    order the run took."""
     params = params or {}
     records, scores, timings, used, fitted = [], {}, {}, {}, {}
     notes = list(inputs.notes)
     notes += [f"{o.name} has one row: its FPR95 can only be 0 or 1" for o in inputs.oods if o.n == 1]
-    shares = [set(get_detector_class(m).shares) for m in methods]
-    for i, name in enumerate(methods, 1):
+    order = run_order(methods)
+    shares = [set(get_detector_class(m).shares) for m in order]
+    for i, name in enumerate(order, 1):
         t0 = time.perf_counter()
         det = create(name, **params.get(name, {}))
         rest = None  # the ID test rows this detector is reported on (all of them unless some were held out)
@@ -132,5 +152,8 @@ def run_detectors(inputs: Inputs, methods: Sequence[str], params: Optional[dict]
             log(f"[{i:2d}/{len(methods)}] {name:<16s} {timings[name]:7.2f}s" + ("  (failed: see notes)" if s is None
                                                                                else ""))
     notes += [n for sp in inputs.splits for n in sp.notes]
+    position = {m: k for k, m in enumerate(methods)}
+    records.sort(key=lambda r: position[r["method"]])
+    scores, used, fitted = ({m: d[m] for m in methods if m in d} for d in (scores, used, fitted))
     return Result(records, scores, timings, id_accuracy(inputs.test), fpr, list(dict.fromkeys(notes)), used,
                   [o.name for o in inputs.oods], {"fitted": fitted})

@@ -1,5 +1,5 @@
-"""The run's plan of shared values: what detectors keep for each other is freed after its last reader, and
-freeing it changes no score."""
+"""The run's plan of shared values: detectors that share a kept value run next to each other, the value is freed
+after its last reader, and neither changes a score or the order of the results."""
 import numpy as np
 
 from ood.detectors import create
@@ -21,7 +21,7 @@ def inputs_of(p):
     return Inputs(head, train, test, [ood])
 
 
-def test_clipped_logits_are_freed_after_their_last_reader(monkeypatch):
+def test_clipped_logits_are_held_one_kind_at_a_time_and_freed_after_their_last_reader(monkeypatch):
     p = make_problem(seed=3)
     inputs = inputs_of(p)
     events = []
@@ -30,8 +30,9 @@ def test_clipped_logits_are_freed_after_their_last_reader(monkeypatch):
                                                                forget(self, prefix)))
     result = run_detectors(inputs, METHODS, log=lambda m: events.append(("done", m.split("]")[1].split()[0])))
     order = [e[:2] for e in events if e[0] == "done" or e[2] == "ood"]
-    assert order == [("done", "react"), ("done", "local_react"), ("free", "train"), ("done", "gen_react"),
+    assert order == [("done", "react"), ("free", "train"), ("done", "gen_react"), ("done", "local_react"),
                      ("free", "local"), ("done", "gen_local_react"), ("done", "msp")]
+    assert [r["method"] for r in result.records] == METHODS and list(result.scores) == METHODS
     for split in inputs.splits:
         assert not [k for k in split._memo if isinstance(k, tuple) and k[0] == "clipped_logits"]
     for name in METHODS:  # each alone, on fresh splits: the same scores
