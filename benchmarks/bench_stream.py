@@ -76,7 +76,8 @@ def main():
     before = rss_gb()
     reset_peak()
     t0 = time.perf_counter()
-    res = ood.run_benchmark(d / "fc.h5", d / "train.h5", d / "test.h5", oods, methods=methods, device="cpu")
+    res = ood.run_benchmark(d / "fc.h5", d / "train.h5", d / "test.h5", oods, methods=methods, device="cpu",
+                            log=lambda m: print(f"{m}  peak RSS {peak_gb():.2f} GiB", flush=True))
     elapsed = time.perf_counter() - t0
     peak = peak_gb()
     scored = 90_000 * (D + (C if stored else 0)) * 4 / 2**30
