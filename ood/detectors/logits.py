@@ -30,10 +30,21 @@ def gen_from_logits(z: torch.Tensor, gamma: float = 0.1, M: int = 100) -> torch.
     (1 - p)^gamma amplifies the rounding of 1 - p near p = 1, so 1 - p_max is the sum of all the other
     probabilities (no cancellation). Only the M largest entries are raised to powers.
     """
-    zs = z.double() - z.max(1, keepdim=True).values.double()  # the row maximum becomes 0
-    e = torch.exp(zs)
-    others = e.scatter(1, zs.argmax(1, keepdim=True), 0.0).sum(1, keepdim=True)
+    zs, others = centred_logits(z)
     top = torch.topk(zs, M, dim=1, sorted=False).values if M < zs.shape[1] else zs
+    return gen_from_top(top, others, gamma)
+
+
+def centred_logits(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z - its row maximum, float64; [B, 1] the sum of exp of every entry but one maximum): what GEN needs."""
+    zs = z.double() - z.max(1, keepdim=True).values.double()  # the row maximum becomes 0
+    others = torch.exp(zs).scatter(1, zs.argmax(1, keepdim=True), 0.0).sum(1, keepdim=True)
+    return zs, others
+
+
+def gen_from_top(top: torch.Tensor, others: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
+    """GEN from the M largest centred logits ``top`` [B, M] (float64, the maximum at 0) and ``others`` [B, 1]
+    of :func:`centred_logits`: -sum p^gamma (1 - p)^gamma over them, in the log domain."""
     log_p = top - torch.log1p(others)
     one_minus_p = torch.where(top == 0.0, others / (1 + others), -torch.expm1(log_p))
     return -(torch.exp(gamma * log_p) * one_minus_p.pow(gamma)).sum(1)
