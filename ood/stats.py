@@ -35,6 +35,18 @@ def quantile(x, q: float) -> float:
     return quantiles(x, [q])[0]
 
 
+def bracket(sample: np.ndarray, q: float, margin: float) -> tuple:
+    """Values of the sorted ``sample`` that hold the q quantile of the whole with ``margin`` standard errors of
+    the sample quantile, sqrt(q (1 - q) / m), to spare on each side (at least 1 / m): a bracket as narrow as the
+    quantile's own uncertainty, so few values are kept inside it (the 0.99 quantile: a tenth of a bracket of
+    margin / sqrt(m))."""
+    m = sample.size
+    delta = margin * np.sqrt(max(q * (1 - q), 1.0 / m) / m)
+    lo = sample[max(0, int((q - delta) * (m - 1)))] if q - delta > 0 else -np.inf
+    hi = sample[min(m - 1, int(np.ceil((q + delta) * (m - 1))))] if q + delta < 1 else np.inf
+    return lo, hi
+
+
 def quantiles(x, qs) -> list:
     """:func:`quantile` of each of ``qs``, sharing the passes over ``x``: one sample brackets all of them, one
     pass counts and keeps the values of every bracket (a bracket the sample missed is widened and retried).
@@ -75,10 +87,7 @@ def quantiles(x, qs) -> list:
         todo = [q for q in qs if q not in out]
         if not todo:
             break
-        delta = margin / np.sqrt(sample.size)
-        brackets = [(sample[max(0, int((q - delta) * (sample.size - 1)))] if q - delta > 0 else -np.inf,
-                     sample[min(sample.size - 1, int(np.ceil((q + delta) * (sample.size - 1))))]
-                     if q + delta < 1 else np.inf) for q in todo]
+        brackets = [bracket(sample, q, margin) for q in todo]
         # a bracket of one value (a quantile inside a run of ties, e.g. the zeros of ReLU features) is counted,
         # not kept: its order statistics are that value
         below, inside, ties = [0] * len(todo), [[] for _ in todo], [0] * len(todo)
