@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     command = [Path(sys.argv[0]).name] + list(sys.argv[1:] if argv is None else argv)
 
     def go() -> int:
-        from .fileio import check_writable
+        from .fileio import check_readable, check_writable
 
         for path, what in ((args.json, "JSON output"), (args.csv, "CSV output")):
             if path:
@@ -208,6 +208,12 @@ def main(argv=None) -> int:
             if unused:
                 raise ParameterError(f"--protocol sood does not take {', '.join(unused)} (its report is the "
                                      f"accuracy and detection tables of ood.sood)")
+        for path, what in ((args.fc, "fc file"), (args.id_train_feature, "train features"),
+                           (args.id_val_feature, "ID test features"),
+                           *((p, "OOD features") for p in args.ood_features), (args.train_label, "train labels"),
+                           (args.tune, "tuning OOD set"), (args.tune_id, "tuning ID set"), (args.head, "group head")):
+            if path:
+                check_readable(path, what)
         load_plugins(args.plugin)
         from .detectors import parse_param_args
 

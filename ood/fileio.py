@@ -72,3 +72,18 @@ def check_writable(path, what: str = "output"):
         raise InputError(f"{path}: cannot create the {what}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise InputError(f"{path}: cannot write the {what} here (no write permission)")
+
+
+def check_readable(path, what: str = "input"):
+    """Fail early, before any library is imported or any work done, when the input ``path`` is missing (naming
+    an incomplete ``.partial`` twin when one exists) or is a directory. Raises :class:`~ood.errors.InputError`."""
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; the {what} needs a file")
+    if not path.exists():
+        if Path(str(path) + PARTIAL_SUFFIX).exists():
+            raise InputError(f"{path}: missing; only an incomplete .partial file exists (the run stopped: rerun "
+                             f"it with --resume)")
+        raise InputError(f"{path}: no such file ({what})")

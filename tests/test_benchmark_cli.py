@@ -138,3 +138,12 @@ def test_script_runs_as_a_program(files):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "energy" in r.stdout and "Mean AUROC" in r.stdout
+
+
+def test_a_missing_input_file_is_one_line_before_torch_is_imported(tmp_path):
+    code = ("import sys; from ood.benchmark import main; "
+            f"rc = main([{str(tmp_path / 'fc.h5')!r}, 'train.h5', 'test.h5', 'ood.h5', '--methods', 'vim']); "
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "False"]
+    assert out.stderr.strip() == f"error: {tmp_path / 'fc.h5'}: no such file (fc file)"
