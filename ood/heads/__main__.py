@@ -64,9 +64,10 @@ def resolve_groups(spec: str, x, y, num_classes, seed):
 
 
 def cmd_train(args) -> str:
-    from .groups import FLAT_HEAD, group_accuracy, write_group_head
-    from .train import train_head
     x, y, width, attrs = load_train(args.train, args.train_label)
+    from .groups import FLAT_HEAD, group_accuracy, write_group_head  # torch: only once the inputs are read
+    from .train import train_head
+
     C = args.num_classes or width or int(y.max()) + 1
     check_labels(y, len(y), C, args.train_label or args.train)
     g, C = resolve_groups(args.groups, x, y, C, args.seed)
