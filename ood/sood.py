@@ -58,13 +58,6 @@ def holdout_mask(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarr
     return held
 
 
-def _subset(split: Split, idx: np.ndarray, name: str) -> Split:
-    from .split import Split
-
-    logits = split.source.read("logits")[idx] if split.source.has("logits") else None
-    return Split.from_arrays(name, split.features[idx], split.head, logits, split.labels[idx], split.device)
-
-
 def _superclass(split: Split) -> Optional[np.ndarray]:
     return split.source.read("superclass") if split.source.has("superclass") else None
 
@@ -103,6 +96,7 @@ def load(fc, train, tests: Sequence, device="auto", train_label=None, holdout: O
     """
     from .inputs import Inputs, load_split
     from .split import resolve_device
+    from .tuning import subset
 
     device = resolve_device(device)
     head = read_head(fc)
@@ -123,9 +117,9 @@ def load(fc, train, tests: Sequence, device="auto", train_label=None, holdout: O
     if holdout is not None:
         held = holdout_mask(tr.labels, holdout, seed)
         test_name = f"{tr.name}_heldout"
-        test = _subset(tr, np.flatnonzero(held), test_name)
+        test = subset(tr, held, test_name)
         train_sc = superclass.pop(tr.name)
-        fit = _subset(tr, np.flatnonzero(~held), tr.name)
+        fit = subset(tr, ~held, tr.name)
         superclass[tr.name] = None if train_sc is None else train_sc[~held]
         superclass[test_name] = None if train_sc is None else train_sc[held]
         notes.append(f"no IID test split given: {test.n} rows ({100 * holdout:g}% of each class, seed {seed}) "

@@ -97,14 +97,13 @@ class FDBD(Detector):
         W, C = split.weight, split.num_classes
         m = split.tensor(self.mean_)
         table = None if self.distances_ is None else split.tensor(self.distances_)
-        sq = (W * W).sum(1)
+        sq = (W * W).sum(1) if table is None else None
 
         def block(lo, hi, h):
             z = split.logit_rows(lo, hi, h)
             p = z.argmax(1)
             gap = (z.gather(1, p[:, None]) - z).abs()
-            dist = table[p] if table is not None else (sq[p][:, None] + sq[None, :] - 2 * W[p] @ W.T
-                                                        ).clamp_min(0).sqrt()
+            dist = table[p] if sq is None else (sq[p][:, None] + sq[None, :] - 2 * W[p] @ W.T).clamp_min(0).sqrt()
             ratio = torch.where(dist > 0, gap / dist, torch.zeros_like(gap))
             ratio.scatter_(1, p[:, None], 0.0)
             return ratio.sum(1).double() / (C - 1) / norm64(h - m)

@@ -48,6 +48,7 @@ def resolve_groups(spec: str, x, y, num_classes, seed):
     """(group_of_class or None, number of classes) from the --groups spec."""
     from .groups import kmeans_groups, layout_from_counts, read_groups
     from .train import class_means
+
     if spec == "none":
         return None, num_classes
     if spec == "mos":
